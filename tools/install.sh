@@ -29,7 +29,7 @@ PIP=("$PY" -m pip install --disable-pip-version-check)
 say "installing torch $TORCH_VERSION / torchvision $TORCHVISION_VERSION (several GB on first install)"
 "${PIP[@]}" "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
 say "installing build tools and pinned requirements"
-"${PIP[@]}" 'setuptools<70' wheel ninja
+"${PIP[@]}" 'setuptools>=77.0.3,<82' wheel ninja psutil
 "${PIP[@]}" -r "$ROOT/requirements/runtime.txt"
 
 if "$PY" -c "import mmcv, mmcv.ops; assert mmcv.__version__ == '$MMCV_VERSION'" 2>/dev/null; then
@@ -46,7 +46,7 @@ else
     if ! ls "$WHEEL_DIR"/mmcv-*.whl >/dev/null 2>&1; then
         say "building mmcv $MMCV_VERSION ($FLAVOUR ops) from the PyPI sdist: this takes about 20 minutes on 2 cores"
         BUILD_DIR="$(mktemp -d)"
-        "$PY" -m pip download --disable-pip-version-check --no-deps --no-binary :all: \
+        "$PY" -m pip download --disable-pip-version-check --no-deps --no-binary :all: --no-build-isolation \
             "mmcv==$MMCV_VERSION" -d "$BUILD_DIR"
         tar -xzf "$BUILD_DIR"/mmcv-"$MMCV_VERSION".tar.gz -C "$BUILD_DIR"
         SRC="$BUILD_DIR/mmcv-$MMCV_VERSION"

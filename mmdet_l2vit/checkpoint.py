@@ -1,0 +1,353 @@
+"""Safe reading of official classification checkpoints and strict loading.
+
+The official L²ViT and InLine training scripts pickle more than tensors: an
+``argparse.Namespace`` (L²ViT, under ``args``) or a ``yacs.config.CfgNode``
+(InLine, under ``config``). ``torch.load(weights_only=True)`` refuses both,
+and ``weights_only=False`` would run any code a file asks for. This module
+reads them with a restricted unpickler that knows exactly the classes these
+formats need (tensor rebuilds, ``OrderedDict``, ``set``, ``Namespace``, and a
+stand-in for ``CfgNode`` so yacs need not be installed) and refuses anything
+else with an explanation.
+
+Everything here is a pure function: the backbones call it from
+``init_weights`` and ``tools/convert_checkpoint.py`` calls it offline.
+"""
+import argparse
+import collections
+import logging
+import os
+import os.path as osp
+import pickle
+import zipfile
+from typing import (Any, Dict, Iterable, List, Mapping, NamedTuple, Optional,
+                    Sequence, Tuple)
+
+import torch
+from mmengine.logging import print_log
+from torch import nn
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read or does not fit the model."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint that pickles classes outside the safe allow-list."""
+
+
+class CfgNode(dict):
+    """Stand-in for ``yacs.config.CfgNode`` (a ``dict`` subclass).
+
+    The InLine checkpoints pickle their training config as a yacs
+    ``CfgNode``. Only its dict content is ever needed, so the unpickler maps
+    the class to this plain ``dict`` subclass: yacs need not be installed and
+    none of its code runs.
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError as e:
+            raise AttributeError(name) from e
+
+
+#: Globals a supported checkpoint may reference, mapped to what to build.
+_SAFE_GLOBALS: Dict[Tuple[str, str], Any] = {
+    ('collections', 'OrderedDict'): collections.OrderedDict,
+    ('builtins', 'set'): set,
+    ('builtins', 'frozenset'): frozenset,
+    ('argparse', 'Namespace'): argparse.Namespace,
+    ('yacs.config', 'CfgNode'): CfgNode,
+    ('torch._utils', '_rebuild_tensor_v2'): torch._utils._rebuild_tensor_v2,
+    ('torch._utils', '_rebuild_parameter'): torch._utils._rebuild_parameter,
+    ('torch', 'Size'): torch.Size,
+}
+#: Modules renamed between Python 2 and 3 (pickle protocol < 3 names).
+_PY2_MODULES = {'__builtin__': 'builtins', 'copy_reg': 'copyreg'}
+
+TRUST_HINT = (
+    'If you trust the file (you downloaded it from the official release), '
+    'convert it once with `python tools/convert_checkpoint.py SRC DST '
+    '--trust-pickle`, which reads it with full pickle and writes a '
+    'tensor-only file, and point `init_cfg.checkpoint` at DST.')
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Unpickler that only resolves the globals in :data:`_SAFE_GLOBALS`."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        module = _PY2_MODULES.get(module, module)
+        if (module, name) in _SAFE_GLOBALS:
+            return _SAFE_GLOBALS[(module, name)]
+        if module == 'torch' and isinstance(getattr(torch, name, None),
+                                            torch.dtype):
+            return getattr(torch, name)
+        raise UnsafeCheckpointError(
+            f'the checkpoint pickles `{module}.{name}`, which is not one of '
+            'the classes the official L²ViT / InLine formats need, so it was '
+            'not loaded (unpickling it could run arbitrary code). '
+            f'{TRUST_HINT}')
+
+
+class _TrustedUnpickler(pickle.Unpickler):
+    """Full unpickler, with the yacs stand-in when yacs is not installed."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ('yacs.config', 'CfgNode'):
+            try:
+                return super().find_class(module, name)
+            except ImportError:
+                return CfgNode
+        return super().find_class(module, name)
+
+
+class _PickleModule:
+    """A ``pickle_module`` for ``torch.load`` built on one unpickler."""
+
+    def __init__(self, unpickler: type) -> None:
+        self.Unpickler = unpickler
+        self.__name__ = f'mmdet_l2vit.{unpickler.__name__}'
+
+    def load(self, file: Any, **kwargs: Any) -> Any:
+        return self.Unpickler(file, **kwargs).load()
+
+
+RESTRICTED_PICKLE = _PickleModule(_RestrictedUnpickler)
+TRUSTED_PICKLE = _PickleModule(_TrustedUnpickler)
+
+
+def read_checkpoint_file(path: str, trust_pickle: bool = False) -> Any:
+    """Read a checkpoint file onto the CPU without running foreign code.
+
+    Args:
+        path (str): Path of the ``.pth`` file.
+        trust_pickle (bool): Read with full pickle (only for files you
+            trust). Default: False.
+
+    Returns:
+        Any: The unpickled object (usually a dict).
+
+    Raises:
+        FileNotFoundError: The path does not exist.
+        UnsafeCheckpointError: The file needs classes outside the allow-list.
+        CheckpointError: The file is truncated, corrupt or not a checkpoint.
+    """
+    path = osp.expanduser(str(path))
+    if not osp.isfile(path):
+        raise FileNotFoundError(
+            f'checkpoint file not found: {path!r}. Download the official '
+            'ImageNet checkpoint (see README, "Pretrained checkpoints") and '
+            'put it there, or fix `init_cfg.checkpoint`.')
+    if osp.getsize(path) == 0:
+        raise CheckpointError(f'checkpoint file {path!r} is empty (0 bytes); '
+                              'download it again.')
+    try:
+        # Tensor-only files (ours, mmengine-converted) need no pickle help.
+        return torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as e:
+        if 'Weights only load failed' not in str(e):
+            raise _corrupt(path, e) from e
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile,
+            ValueError) as e:
+        raise _corrupt(path, e) from e
+    module = TRUSTED_PICKLE if trust_pickle else RESTRICTED_PICKLE
+    try:
+        return torch.load(
+            path, map_location='cpu', weights_only=False,
+            pickle_module=module)
+    except UnsafeCheckpointError as e:
+        raise UnsafeCheckpointError(f'{path}: {e}') from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError,
+            zipfile.BadZipFile, ValueError, AttributeError,
+            ImportError) as e:
+        raise _corrupt(path, e) from e
+
+
+def _corrupt(path: str, error: BaseException) -> CheckpointError:
+    return CheckpointError(
+        f'could not read checkpoint {path!r}: the file is truncated, corrupt '
+        f'or not a PyTorch checkpoint ({type(error).__name__}: {error}). '
+        'Download it again and compare its size with the release.')
+
+
+def extract_state_dict(checkpoint: Any,
+                       key: Optional[str] = None
+                       ) -> Tuple[Dict[str, torch.Tensor], str]:
+    """Pick the model state dict out of a checkpoint.
+
+    The default order follows the official loaders: ``state_dict`` (mmengine
+    and converted files), then ``model`` (official training files; also for
+    ``*-best-ema`` files, whose reported accuracy is that of ``model``), then
+    the dict itself. A leading ``module.`` is stripped; when keys carry a
+    ``backbone.`` prefix (a full detector / segmentor file) only those keys
+    are kept, unprefixed.
+
+    Args:
+        checkpoint (Any): What :func:`read_checkpoint_file` returned.
+        key (str, optional): Take exactly this entry (e.g. ``'model_ema'``).
+
+    Returns:
+        tuple[dict, str]: The state dict and a description of its source.
+    """
+    if not isinstance(checkpoint, Mapping):
+        raise CheckpointError(
+            f'expected a checkpoint dict, got {type(checkpoint).__name__}')
+    if key is not None:
+        if key not in checkpoint:
+            raise CheckpointError(
+                f'checkpoint has no entry {key!r}; it has '
+                f'{sorted(map(str, checkpoint))}')
+        state_dict, source = checkpoint[key], key
+    elif 'state_dict' in checkpoint:
+        state_dict, source = checkpoint['state_dict'], 'state_dict'
+    elif 'model' in checkpoint:
+        state_dict, source = checkpoint['model'], 'model'
+    else:
+        state_dict, source = checkpoint, '<root>'
+    if not isinstance(state_dict, Mapping) or not all(
+            isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise CheckpointError(
+            f'checkpoint entry {source!r} is not a state dict of tensors')
+    state_dict = dict(state_dict)
+    if state_dict and all(k.startswith('module.') for k in state_dict):
+        state_dict = {k[len('module.'):]: v for k, v in state_dict.items()}
+    if any(k.startswith('backbone.') for k in state_dict):
+        state_dict = {
+            k[len('backbone.'):]: v
+            for k, v in state_dict.items() if k.startswith('backbone.')
+        }
+        source += ' (backbone.*)'
+    return state_dict, source
+
+
+#: (family, keys that identify it). First match wins.
+_FAMILY_MARKERS: Sequence[Tuple[str, Tuple[str, ...]]] = (
+    ('L2ViT', ('downsample_layers.0.proj.proj.0.weight', )),
+    ('InLinePVT', ('patch_embed1.proj.weight', 'block1.0.attn.kv.weight')),
+    ('InLineSwin', ('layers.0.blocks.0.attn.residual.0.weight', )),
+    ('Swin (official)', ('layers.0.blocks.0.attn.relative_position_index', )),
+    ('Swin (mmdet/mmseg)', ('patch_embed.projection.weight', )),
+    ('PVT', ('patch_embed1.proj.weight', )),
+    ('ConvNeXt', ('downsample_layers.0.0.weight', )),
+)
+
+
+def detect_family(state_dict: Mapping[str, Any]) -> str:
+    """Name the model family a state dict most likely comes from.
+
+    Args:
+        state_dict (Mapping): A (converted or official) state dict.
+
+    Returns:
+        str: E.g. ``'L2ViT'``, ``'InLinePVT'``, ``'InLineSwin'``, or
+        ``'unknown'``.
+    """
+    for family, markers in _FAMILY_MARKERS:
+        if all(m in state_dict for m in markers):
+            return family
+    return 'unknown'
+
+
+class ConvertedStateDict(NamedTuple):
+    """Result of converting an official state dict to a backbone layout."""
+    state_dict: Dict[str, torch.Tensor]
+    kept: List[str]
+    dropped: List[str]
+    created: List[str]
+
+
+def match_any(key: str, patterns: Iterable[str]) -> bool:
+    """Whether ``key`` equals a pattern or starts with a ``'prefix.'``."""
+    return any(key == p or (p.endswith('.') and key.startswith(p))
+               for p in patterns)
+
+
+def _short_list(keys: Sequence[str], limit: int = 8) -> str:
+    shown = ', '.join(keys[:limit])
+    more = f', ... ({len(keys) - limit} more)' if len(keys) > limit else ''
+    return f'[{shown}{more}]'
+
+
+def load_state_dict_strictly(module: nn.Module,
+                             state_dict: Mapping[str, torch.Tensor],
+                             source: str,
+                             expected_family: str,
+                             allowed_missing: Iterable[str] = (),
+                             allowed_unexpected: Iterable[str] = (),
+                             logger: Any = 'current') -> None:
+    """Load a state dict, failing on anything not explicitly expected.
+
+    Args:
+        module (nn.Module): Target module.
+        state_dict (Mapping): Converted state dict.
+        source (str): Where it came from, for messages.
+        expected_family (str): Family name for the wrong-model hint.
+        allowed_missing (Iterable[str]): Keys (or ``'prefix.'`` patterns) the
+            checkpoint may lack; they keep their initialisation.
+        allowed_unexpected (Iterable[str]): Keys the model may lack.
+        logger: mmengine logger or name. Default: 'current'.
+
+    Raises:
+        CheckpointError: Naming missing, unexpected or mis-shaped keys.
+    """
+    allowed_missing = list(allowed_missing)
+    allowed_unexpected = list(allowed_unexpected)
+    own = module.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    bad_missing = [k for k in missing if not match_any(k, allowed_missing)]
+    bad_unexpected = [
+        k for k in unexpected if not match_any(k, allowed_unexpected)
+    ]
+    mis_shaped = [
+        f'{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}'
+        for k, v in state_dict.items() if k in own and v.shape != own[k].shape
+    ]
+    if bad_missing or bad_unexpected or mis_shaped:
+        family = detect_family(state_dict)
+        hint = ''
+        if family not in (expected_family, 'unknown'):
+            hint = (f' The checkpoint looks like a {family} model, not '
+                    f'{expected_family}: use the checkpoint that matches the '
+                    'backbone type.')
+        elif mis_shaped:
+            hint = (' The shapes suggest a different size of the same '
+                    'model: check `arch` against the checkpoint.')
+        parts = []
+        if bad_missing:
+            parts.append(f'{len(bad_missing)} missing keys '
+                         f'{_short_list(bad_missing)}')
+        if bad_unexpected:
+            parts.append(f'{len(bad_unexpected)} unexpected keys '
+                         f'{_short_list(bad_unexpected)}')
+        if mis_shaped:
+            parts.append(f'{len(mis_shaped)} mis-shaped keys '
+                         f'{_short_list(mis_shaped, 4)}')
+        raise CheckpointError(
+            f'checkpoint {source} does not fit {type(module).__name__}: '
+            + '; '.join(parts) + '.' + hint)
+    state_dict = {k: v for k, v in state_dict.items() if k in own}
+    module.load_state_dict(state_dict, strict=False)
+    print_log(
+        f'{type(module).__name__}: loaded {len(state_dict)} tensors from '
+        f'{source}; kept at init (expected): {_short_list(missing)}; '
+        f'ignored (expected): {_short_list(unexpected)}',
+        logger=logger, level=logging.INFO)
+
+
+def save_tensor_checkpoint(state_dict: Mapping[str, torch.Tensor], path: str,
+                           meta: Mapping[str, Any]) -> None:
+    """Write ``{'state_dict', 'meta'}`` atomically (tensors and plain types).
+
+    The file is written next to ``path`` and renamed into place, so an
+    interrupted write never leaves a truncated checkpoint at ``path``.
+    """
+    path = osp.expanduser(path)
+    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
+    tmp = f'{path}.tmp-{os.getpid()}'
+    try:
+        torch.save({'state_dict': dict(state_dict), 'meta': dict(meta)}, tmp)
+        os.replace(tmp, path)
+    finally:
+        if osp.exists(tmp):
+            os.remove(tmp)

@@ -1,0 +1,247 @@
+"""What every mmdet_l2vit backbone shares: the mmdet/mmseg backbone contract.
+
+Subclasses build their modules and implement four hooks:
+``_init_from_scratch``, ``convert_official_state_dict``, ``optional_keys``
+and ``_stage_modules``. This base class then provides the deprecated
+``pretrained`` argument, ``init_cfg=dict(type='Pretrained', ...)`` loading of
+official checkpoints (safe unpickling, conversion, strict key checks, a
+logged report), ``frozen_stages`` and ``norm_eval``.
+"""
+import logging
+import warnings
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+from mmengine.logging import print_log
+from mmengine.model import BaseModule
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from ...checkpoint import (ConvertedStateDict, extract_state_dict,
+                           load_state_dict_strictly, read_checkpoint_file)
+
+#: Keys a ``Pretrained`` init_cfg may carry.
+PRETRAINED_KEYS = {'type', 'checkpoint', 'checkpoint_key', 'prefix',
+                   'map_location', 'trust_pickle'}
+
+
+def resolve_arch(arch: Union[str, Dict[str, Any]], arch_zoo: Dict[str, Dict],
+                 required: Sequence[str], defaults: Dict[str, Any],
+                 owner: str) -> Dict[str, Any]:
+    """Turn an arch name or dict into a full, validated arch dict.
+
+    Args:
+        arch (str | dict): A name in ``arch_zoo`` or a dict with at least
+            the ``required`` keys.
+        arch_zoo (dict): Known architectures.
+        required (Sequence[str]): Keys a custom arch dict must have.
+        defaults (dict): Values for optional keys.
+        owner (str): Class name, for error messages.
+
+    Returns:
+        dict: The architecture settings.
+    """
+    if isinstance(arch, str):
+        name = arch.lower()
+        if name not in arch_zoo:
+            raise ValueError(f'{owner}: unknown arch {arch!r}; choose one of '
+                             f'{sorted(arch_zoo)} or pass a dict with keys '
+                             f'{list(required)}.')
+        settings = dict(defaults, **arch_zoo[name])
+    elif isinstance(arch, dict):
+        missing = [k for k in required if k not in arch]
+        unknown = [k for k in arch if k not in required and k not in defaults]
+        if missing or unknown:
+            raise ValueError(
+                f'{owner}: malformed arch dict: missing keys {missing}, '
+                f'unknown keys {unknown}; required {list(required)}, '
+                f'optional {sorted(defaults)}.')
+        settings = dict(defaults, **arch)
+    else:
+        raise TypeError(f'{owner}: arch must be a str or dict, got '
+                        f'{type(arch).__name__}.')
+    return settings
+
+
+def check_stage_lists(settings: Dict[str, Any], keys: Sequence[str],
+                      num_stages: int, owner: str) -> None:
+    """Check that every per-stage list has ``num_stages`` positive ints."""
+    for key in keys:
+        value = settings[key]
+        if (not isinstance(value, (list, tuple)) or len(value) != num_stages
+                or not all(isinstance(v, int) and v > 0 for v in value)):
+            raise ValueError(f'{owner}: arch[{key!r}] must be {num_stages} '
+                             f'positive ints, got {value!r}.')
+
+
+class DenseBackbone(BaseModule):
+    """Base class of the dense-prediction backbones.
+
+    Args:
+        out_indices (Sequence[int]): Stages whose outputs are returned.
+        frozen_stages (int): mmdet meaning: ``0`` freezes the stem, ``k``
+            also freezes stages ``0..k-1`` (and their output norms). -1
+            freezes nothing.
+        norm_eval (bool): Keep BatchNorm layers in eval mode (frozen running
+            statistics) while training.
+        with_cp (bool): Gradient checkpointing per block.
+        pretrained (str, optional): Deprecated; use ``init_cfg``.
+        init_cfg (dict | list[dict], optional): Initialisation config.
+            ``dict(type='Pretrained', checkpoint=PATH)`` loads an official
+            classification checkpoint as released, or a converted one.
+            Optional keys: ``checkpoint_key`` (e.g. ``'model_ema'``),
+            ``trust_pickle`` (read a trusted file with full pickle).
+    """
+
+    #: Family name used in checkpoint messages.
+    family = 'backbone'
+    num_stages = 4
+
+    def __init__(self,
+                 out_indices: Sequence[int] = (0, 1, 2, 3),
+                 frozen_stages: int = -1,
+                 norm_eval: bool = False,
+                 with_cp: bool = False,
+                 pretrained: Optional[str] = None,
+                 init_cfg: Optional[Union[dict, List[dict]]] = None) -> None:
+        if pretrained is not None:
+            if init_cfg is not None:
+                raise AssertionError(
+                    f'{type(self).__name__}: init_cfg and pretrained cannot '
+                    'be set at the same time; use init_cfg=dict('
+                    "type='Pretrained', checkpoint=...).")
+            if not isinstance(pretrained, str):
+                raise TypeError(
+                    f'{type(self).__name__}: pretrained must be a str path or '
+                    f'None, got {type(pretrained).__name__}.')
+            warnings.warn('pretrained is deprecated, please use "init_cfg" '
+                          'instead', DeprecationWarning)
+            init_cfg = dict(type='Pretrained', checkpoint=pretrained)
+        super().__init__(init_cfg=init_cfg)
+        out_indices = tuple(out_indices)
+        if not out_indices or not all(
+                isinstance(i, int) and 0 <= i < self.num_stages
+                for i in out_indices):
+            raise ValueError(f'{type(self).__name__}: out_indices must be '
+                             f'stage indices in [0, {self.num_stages}), got '
+                             f'{out_indices!r}.')
+        if not -1 <= frozen_stages <= self.num_stages:
+            raise ValueError(f'{type(self).__name__}: frozen_stages must be '
+                             f'in [-1, {self.num_stages}], got '
+                             f'{frozen_stages}.')
+        self.out_indices = out_indices
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        self.with_cp = with_cp
+
+    # ---------------------------------------------------------- subclass API
+    def _init_from_scratch(self) -> None:
+        """Initialise every parameter for training from scratch."""
+        raise NotImplementedError
+
+    def convert_official_state_dict(
+            self, state_dict: Dict[str, Any]) -> ConvertedStateDict:
+        """Map an official classification state dict to this layout."""
+        raise NotImplementedError
+
+    def optional_keys(self) -> List[str]:
+        """Keys (or ``'prefix.'``) a converted checkpoint may carry that this
+        configuration does not have (e.g. output norms it does not build)."""
+        return []
+
+    def _stage_modules(self, stage: int) -> List[nn.Module]:
+        """Modules frozen by ``frozen_stages``: ``-1`` is the stem, ``i`` the
+        stage ``i`` (including its output norm, if any)."""
+        raise NotImplementedError
+
+    # --------------------------------------------------------------- loading
+    def _pretrained_cfg(self) -> Optional[dict]:
+        cfgs = self.init_cfg if isinstance(self.init_cfg, list) else [
+            self.init_cfg
+        ]
+        found = [c for c in cfgs if isinstance(c, dict)
+                 and c.get('type') == 'Pretrained']
+        if not found:
+            return None
+        if len(found) > 1:
+            raise ValueError(f'{type(self).__name__}: only one Pretrained '
+                             'init_cfg is supported.')
+        cfg = found[0]
+        unknown = set(cfg) - PRETRAINED_KEYS
+        if unknown or 'checkpoint' not in cfg:
+            raise ValueError(
+                f'{type(self).__name__}: Pretrained init_cfg needs '
+                f'`checkpoint` and accepts {sorted(PRETRAINED_KEYS)}; got '
+                f'{sorted(cfg)}.')
+        return cfg
+
+    def load_pretrained(self, checkpoint: str,
+                        checkpoint_key: Optional[str] = None,
+                        trust_pickle: bool = False,
+                        prefix: Optional[str] = None) -> ConvertedStateDict:
+        """Load an official (or converted) checkpoint strictly.
+
+        Args:
+            checkpoint (str): Path of the checkpoint file.
+            checkpoint_key (str, optional): Entry to take, e.g.
+                ``'model_ema'``. Default: ``state_dict``, then ``model``.
+            trust_pickle (bool): Read the file with full pickle.
+            prefix (str, optional): Keep only keys under this prefix
+                (e.g. ``'backbone.'``), stripped.
+
+        Returns:
+            ConvertedStateDict: What was kept, dropped and created.
+        """
+        raw = read_checkpoint_file(checkpoint, trust_pickle=trust_pickle)
+        state_dict, source = extract_state_dict(raw, checkpoint_key)
+        if prefix:
+            state_dict = {k[len(prefix):]: v for k, v in state_dict.items()
+                          if k.startswith(prefix)}
+        converted = self.convert_official_state_dict(state_dict)
+        load_state_dict_strictly(
+            self, converted.state_dict, source=f"{checkpoint}['{source}']",
+            expected_family=self.family,
+            allowed_unexpected=self.optional_keys())
+        print_log(
+            f'{type(self).__name__}: checkpoint {checkpoint} [{source}]: '
+            f'{len(converted.kept)} kept, dropped {converted.dropped}, '
+            f'created {converted.created}',
+            logger='current', level=logging.INFO)
+        return converted
+
+    def init_weights(self) -> None:
+        """Initialise from scratch, then load a Pretrained checkpoint."""
+        cfg = self._pretrained_cfg()
+        self._init_from_scratch()
+        if cfg is None:
+            super().init_weights()
+            return
+        others = [c for c in (self.init_cfg if isinstance(
+            self.init_cfg, list) else [self.init_cfg]) if c is not cfg]
+        if others:
+            saved, self.init_cfg = self.init_cfg, others
+            super().init_weights()
+            self.init_cfg = saved
+        self.load_pretrained(
+            cfg['checkpoint'], checkpoint_key=cfg.get('checkpoint_key'),
+            trust_pickle=cfg.get('trust_pickle', False),
+            prefix=cfg.get('prefix'))
+        self._is_init = True
+
+    # ------------------------------------------------------------- training
+    def _freeze_stages(self) -> None:
+        for stage in range(-1, self.frozen_stages):
+            for module in self._stage_modules(stage):
+                module.eval()
+                for param in module.parameters():
+                    param.requires_grad = False
+
+    def train(self, mode: bool = True) -> 'DenseBackbone':
+        """Set train mode, keeping frozen stages and (with ``norm_eval``)
+        BatchNorm layers in eval mode."""
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for module in self.modules():
+                if isinstance(module, _BatchNorm):
+                    module.eval()
+        return self
