@@ -73,20 +73,21 @@ TRUST_HINT = (
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler that only resolves the globals in :data:`_SAFE_GLOBALS`."""
+    """Unpickler that only resolves the globals of ``safe_globals``."""
+
+    safe_globals: Mapping[Tuple[str, str], Any] = _SAFE_GLOBALS
 
     def find_class(self, module: str, name: str) -> Any:
         module = _PY2_MODULES.get(module, module)
-        if (module, name) in _SAFE_GLOBALS:
-            return _SAFE_GLOBALS[(module, name)]
+        if (module, name) in self.safe_globals:
+            return self.safe_globals[(module, name)]
         if module == 'torch' and isinstance(getattr(torch, name, None),
                                             torch.dtype):
             return getattr(torch, name)
         raise UnsafeCheckpointError(
             f'the checkpoint pickles `{module}.{name}`, which is not one of '
-            'the classes the official L²ViT / InLine formats need, so it was '
-            'not loaded (unpickling it could run arbitrary code). '
-            f'{TRUST_HINT}')
+            'the classes the supported formats need, so it was not loaded '
+            f'(unpickling it could run arbitrary code). {TRUST_HINT}')
 
 
 class _TrustedUnpickler(pickle.Unpickler):

@@ -1,9 +1,12 @@
 """Small bricks shared by the backbones (pure torch + timm, no registries)."""
-from typing import List
+import contextlib
+from typing import Iterator, List
 
 import torch
 from timm.layers import DropPath
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.utils.checkpoint import checkpoint
 
 
 class Mlp(nn.Module):
@@ -35,3 +38,33 @@ def drop_path_rates(drop_path_rate: float, depths: List[int]) -> List[float]:
     return [
         float(r) for r in torch.linspace(0, drop_path_rate, sum(depths))
     ]
+
+
+@contextlib.contextmanager
+def _keep_batchnorm_stats(module: nn.Module) -> Iterator[None]:
+    """Keep BatchNorm running statistics unchanged inside the block (used
+    while a checkpointed block is recomputed, so the statistics are updated
+    once per step as without checkpointing)."""
+    saved = [(bn, bn.momentum, bn.num_batches_tracked.clone())
+             for bn in module.modules()
+             if isinstance(bn, _BatchNorm) and bn.track_running_stats]
+    for bn, _, _ in saved:
+        bn.momentum = 0.
+    try:
+        yield
+    finally:
+        for bn, momentum, tracked in saved:
+            bn.momentum = momentum
+            bn.num_batches_tracked.copy_(tracked)
+
+
+def checkpointed(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Run ``block(x)`` with non-reentrant gradient checkpointing.
+
+    The recomputation reuses the forward's RNG state (same DropPath masks)
+    and does not update BatchNorm running statistics a second time.
+    """
+    return checkpoint(
+        block, x, use_reentrant=False,
+        context_fn=lambda: (contextlib.nullcontext(),
+                            _keep_batchnorm_stats(block)))

@@ -1,0 +1,244 @@
+"""L²ViT backbone for dense prediction."""
+import math
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from mmengine.model.weight_init import (constant_init, kaiming_init,
+                                        trunc_normal_init)
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from ...checkpoint import ConvertedStateDict, match_any
+from ...registry import register_into_toolboxes
+from ..layers.common import checkpointed, drop_path_rates
+from ..layers.l2vit_blocks import Downsample, LGABlock, LWABlock, StemEmbed
+from .base import DenseBackbone, check_stage_lists, resolve_arch
+
+
+@register_into_toolboxes()
+class L2ViT(DenseBackbone):
+    """L²ViT: local window attention alternating with linear global attention
+    plus a local concentration module.
+
+    A PyTorch implementation of `The Linear Attention Resurrection in Vision
+    Transformer <https://arxiv.org/abs/2501.16182>`_, numerically identical
+    to the official model, for mmdet and mmsegmentation.
+
+    Every stage reads L, G, L, G, ...: even blocks are local window attention
+    (:class:`LWABlock`), odd blocks linear global attention with the LCM
+    (:class:`LGABlock`). Any H x W input works; stage ``i`` has size
+    ``ceil(H / 2**(i + 2))`` (right/bottom zero padding, as officially).
+
+    Args:
+        arch (str | dict): ``'tiny'``, ``'small'``, ``'base'``, ``'base-384'``
+            (window 12), or a dict with ``embed_dims``, ``depths``,
+            ``num_heads`` (lists of 4) and optionally ``window_size`` (7) and
+            ``mlp_ratio`` (4). Default: 'tiny'.
+        in_channels (int): Image channels. Default: 3.
+        drop_path_rate (float): Stochastic depth rate. Default: 0.1.
+        out_indices (Sequence[int]): Output stages. Default: (0, 1, 2, 3).
+        frozen_stages (int): Stages to freeze (mmdet meaning; -1: none).
+        norm_eval (bool): Keep BatchNorm (stem and LCM) in eval mode while
+            training. Default: False.
+        with_cp (bool): Gradient checkpointing per block. Default: False.
+        pretrained (str, optional): Deprecated, use ``init_cfg``.
+        init_cfg (dict, optional): ``dict(type='Pretrained',
+            checkpoint=PATH)`` loads an official classification checkpoint
+            (e.g. ``L2ViT-Tiny-checkpoint-best-ema.pth``) as released.
+
+    Examples:
+        >>> import torch
+        >>> from mmdet_l2vit import L2ViT
+        >>> model = L2ViT(arch='tiny').eval()
+        >>> outs = model(torch.rand(1, 3, 97, 131))
+        >>> [tuple(o.shape) for o in outs]
+        [(1, 96, 25, 33), (1, 192, 13, 17), (1, 384, 7, 9), (1, 768, 4, 5)]
+    """
+
+    family = 'L2ViT'
+    arch_zoo: Dict[str, Dict[str, Any]] = {
+        'tiny': dict(embed_dims=[96, 192, 384, 768], depths=[2, 2, 6, 2],
+                     num_heads=[3, 6, 12, 24]),
+        'small': dict(embed_dims=[96, 192, 384, 768], depths=[2, 2, 18, 2],
+                      num_heads=[3, 6, 12, 24]),
+        'base': dict(embed_dims=[128, 256, 512, 1024], depths=[2, 2, 18, 2],
+                     num_heads=[4, 8, 16, 32]),
+        'base-384': dict(embed_dims=[128, 256, 512, 1024],
+                         depths=[2, 2, 18, 2], num_heads=[4, 8, 16, 32],
+                         window_size=12),
+    }
+    arch_required = ('embed_dims', 'depths', 'num_heads')
+    arch_defaults: Dict[str, Any] = dict(window_size=7, mlp_ratio=4.)
+
+    def __init__(self,
+                 arch: Union[str, Dict[str, Any]] = 'tiny',
+                 in_channels: int = 3,
+                 drop_path_rate: float = 0.1,
+                 out_indices: Sequence[int] = (0, 1, 2, 3),
+                 frozen_stages: int = -1,
+                 norm_eval: bool = False,
+                 with_cp: bool = False,
+                 pretrained: Optional[str] = None,
+                 init_cfg: Optional[Union[dict, List[dict]]] = None) -> None:
+        super().__init__(out_indices=out_indices, frozen_stages=frozen_stages,
+                         norm_eval=norm_eval, with_cp=with_cp,
+                         pretrained=pretrained, init_cfg=init_cfg)
+        self.arch_settings = self._check_arch(arch)
+        dims = self.embed_dims = list(self.arch_settings['embed_dims'])
+        depths = self.depths = list(self.arch_settings['depths'])
+        heads = self.num_heads = list(self.arch_settings['num_heads'])
+        self.window_size = self.arch_settings['window_size']
+        mlp_ratio = self.arch_settings['mlp_ratio']
+        self.in_channels = in_channels
+
+        self.downsample_layers = nn.ModuleList([StemEmbed(in_channels,
+                                                          dims[0])])
+        for i in range(1, self.num_stages):
+            self.downsample_layers.append(Downsample(dims[i - 1], dims[i]))
+        rates = drop_path_rates(drop_path_rate, depths)
+        self.stages = nn.ModuleList()
+        for i, depth in enumerate(depths):
+            first = sum(depths[:i])
+            self.stages.append(
+                nn.ModuleList([
+                    LWABlock(dims[i], heads[i], self.window_size, mlp_ratio,
+                             rates[first + j]) if j % 2 == 0 else
+                    LGABlock(dims[i], heads[i], mlp_ratio, rates[first + j])
+                    for j in range(depth)
+                ]))
+        for i in self.out_indices:
+            self.add_module(f'norm{i}', nn.LayerNorm(dims[i]))
+        self._freeze_stages()
+
+    def _check_arch(self, arch: Union[str, Dict[str, Any]]) -> Dict[str, Any]:
+        settings = resolve_arch(arch, self.arch_zoo, self.arch_required,
+                                self.arch_defaults, 'L2ViT')
+        check_stage_lists(settings, self.arch_required, self.num_stages,
+                          'L2ViT')
+        for dims, heads in zip(settings['embed_dims'],
+                               settings['num_heads']):
+            if dims % heads:
+                raise ValueError(f'L2ViT: embed_dims {dims} is not divisible '
+                                 f'by num_heads {heads}.')
+        if settings['embed_dims'][0] % 2:
+            raise ValueError('L2ViT: embed_dims[0] must be even (the conv '
+                             'stem has embed_dims[0] // 2 hidden channels).')
+        if not isinstance(settings['window_size'],
+                          int) or settings['window_size'] < 1:
+            raise ValueError('L2ViT: window_size must be a positive int.')
+        return settings
+
+    # ---------------------------------------------------------------- forward
+    def forward_stages(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """Run all stages; return each stage's output tokens **before** the
+        output norms, as channels-last ``(B, H_i, W_i, C_i)`` maps."""
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f'L2ViT expects images of shape (B, {self.in_channels}, H, '
+                f'W), got {tuple(x.shape)}. Convert grayscale images to '
+                f'{self.in_channels} channels (e.g. color_type="color" in '
+                'LoadImageFromFile) or set in_channels.')
+        stage_outputs = []
+        for i in range(self.num_stages):
+            x = self.downsample_layers[i](x)
+            for block in self.stages[i]:
+                if self.with_cp and x.requires_grad:
+                    x = checkpointed(block, x)
+                else:
+                    x = block(x)
+            stage_outputs.append(x)
+        return stage_outputs
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """Args: x (Tensor): (B, C, H, W) images.
+
+        Returns:
+            tuple[Tensor]: One (B, C_i, H_i, W_i) map per ``out_indices``.
+        """
+        stage_outputs = self.forward_stages(x)
+        return tuple(
+            getattr(self, f'norm{i}')(stage_outputs[i]).permute(
+                0, 3, 1, 2).contiguous() for i in self.out_indices)
+
+    # ----------------------------------------------------------- init / load
+    def _init_from_scratch(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                trunc_normal_init(module, std=.02, bias=0.)
+            elif isinstance(module, nn.Conv2d):
+                kaiming_init(module, mode='fan_out', nonlinearity='relu',
+                             bias=0., distribution='normal')
+            elif isinstance(module, (nn.LayerNorm, _BatchNorm)):
+                constant_init(module, val=1., bias=0.)
+        for stage, heads in zip(self.stages, self.num_heads):
+            for block in stage:
+                if isinstance(block, LGABlock):
+                    head_dims = block.norm1.normalized_shape[0] // heads
+                    nn.init.constant_(block.attn.temperature, head_dims**-0.5)
+
+    def convert_official_state_dict(
+            self, state_dict: Dict[str, Any]) -> ConvertedStateDict:
+        """Official classification layout -> this backbone.
+
+        Drops the classifier (``head.*``) and its final ``norm.*`` (the
+        official detector also starts its output norms at identity), keeps
+        everything else 1:1 (BN running statistics included) and creates
+        ``norm{i}`` (weight 1, bias 0) for each output index.
+        """
+        dropped = [k for k in state_dict if match_any(k, ('head.', 'norm.'))]
+        converted = {
+            k: v
+            for k, v in state_dict.items() if k not in dropped
+        }
+        kept = list(converted)
+        created = []
+        for i in self.out_indices:
+            for name, fill in (('weight', torch.ones), ('bias', torch.zeros)):
+                key = f'norm{i}.{name}'
+                if key not in converted:
+                    converted[key] = fill(self.embed_dims[i])
+                    created.append(key)
+        return ConvertedStateDict(converted, kept, dropped, created)
+
+    def optional_keys(self) -> List[str]:
+        return [
+            f'norm{i}.' for i in range(self.num_stages)
+            if i not in self.out_indices
+        ]
+
+    @classmethod
+    def infer_arch_from_state_dict(
+            cls, state_dict: Dict[str, torch.Tensor]) -> Dict[str, Any]:
+        """Recover ``arch`` (dims, depths, heads) from official key shapes.
+
+        The window size is not stored in a checkpoint; 7 is assumed.
+        """
+        try:
+            dims = [state_dict['downsample_layers.0.norm.weight'].shape[0]] + [
+                state_dict[f'downsample_layers.{i}.proj.weight'].shape[0]
+                for i in range(1, cls.num_stages)
+            ]
+        except KeyError as e:
+            raise ValueError(f'not an L2ViT state dict (no {e})') from None
+        depths, heads = [], []
+        for i in range(cls.num_stages):
+            blocks = {
+                int(k.split('.')[2])
+                for k in state_dict if k.startswith(f'stages.{i}.')
+            }
+            depths.append(max(blocks) + 1 if blocks else 0)
+            temperature = state_dict.get(f'stages.{i}.1.attn.temperature')
+            heads.append(temperature.shape[0] if temperature is not None else
+                         max(1, math.ceil(dims[i] / 32)))
+        return dict(embed_dims=dims, depths=depths, num_heads=heads)
+
+    # -------------------------------------------------------------- training
+    def _stage_modules(self, stage: int) -> List[nn.Module]:
+        if stage < 0:
+            return [self.downsample_layers[0]]
+        modules: List[nn.Module] = [self.stages[stage]]
+        if stage > 0:
+            modules.append(self.downsample_layers[stage])
+        if stage in self.out_indices:
+            modules.append(getattr(self, f'norm{stage}'))
+        return modules

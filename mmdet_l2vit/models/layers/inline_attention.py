@@ -1,0 +1,171 @@
+"""InLine attention: injective linear attention plus a dynamic local residual.
+
+For each head, with kernel map ``phi`` (identity in every released model),
+``s = d**-0.5`` and the ``N`` tokens of the map (no eps, no mask)::
+
+    out_i = (s / N) * phi(q_i) (phi(K)^T V) + (1 - s * phi(q_i) . mean(phi(K))) * mean(V)
+
+i.e. attention weights ``w_ij = (s * q_i.k_j - s * q_i.mean(k) + 1) / N``,
+which sum to one per row. A dynamic per-channel 3x3 depthwise conv of ``V``
+(kernels predicted per image from the token mean of the input) is added
+before the output projection: ``proj(out + local(V))``.
+
+The reductions over all tokens run in float32 even under fp16/bf16 autocast.
+Parameter names follow the official code: PVT blocks have ``q`` and ``kv``,
+Swin blocks ``qkv``; both have ``proj`` and ``residual.{0,2}``.
+"""
+from typing import Callable, Dict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: Kernel maps phi of the official ``inline_swin.py`` (applied to q and k).
+KERNEL_FUNCS: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    'identity': lambda x: x,
+    'relu': F.relu,
+    'leakyrelu': lambda x: F.leaky_relu(x, 0.01),
+    'exp': lambda x: torch.exp(0.2 * x),
+}
+
+
+def injective_global_term(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                          scale: float) -> torch.Tensor:
+    """The InLine global term in linear time, in float32.
+
+    Args:
+        q, k, v (Tensor): ``(B, N, h, d)`` (already kernel-mapped).
+        scale (float): ``s = d**-0.5``.
+
+    Returns:
+        Tensor: ``(B, N, h, d)`` float32.
+    """
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        q, k, v = q.float(), k.float(), v.float()
+        num_tokens = q.shape[1]
+        kv = torch.einsum('bnhd,bnhe->bhde', k, v) * (scale / num_tokens)
+        out = torch.einsum('bnhd,bhde->bnhe', q, kv)
+        gate = 1. - scale * torch.einsum('bnhd,bhd->bnh', q, k.mean(dim=1))
+        return out + gate.unsqueeze(-1) * v.mean(dim=1).unsqueeze(1)
+
+
+class DynamicLocalResidual(nn.Module):
+    """Per-image, per-channel 3x3 depthwise conv on V with predicted kernels.
+
+    The predictor (``residual``) is two head-grouped 1x1 Conv1d layers
+    (``d -> d -> 9d`` per head, GELU between) on the token mean of the
+    attention input. Channel ``c``'s kernel is outputs ``[9c, 9c + 9)``,
+    row-major 3x3, applied as cross-correlation with zero padding 1.
+
+    Args:
+        embed_dims (int): Channels C.
+        num_heads (int): Heads (groups of the predictor).
+    """
+
+    def __init__(self, embed_dims: int, num_heads: int) -> None:
+        super().__init__()
+        self.residual = nn.Sequential(
+            nn.Conv1d(embed_dims, embed_dims, 1, groups=num_heads),
+            nn.GELU(),
+            nn.Conv1d(embed_dims, 9 * embed_dims, 1, groups=num_heads))
+
+    def predict_kernels(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, C) attention input -> (B, C, 1, 3, 3) kernels."""
+        B, C = x.shape[0], x.shape[-1]
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            mean = x.float().mean(dim=(1, 2)).unsqueeze(-1)  # (B, C, 1)
+            kernels = self.residual(mean)
+        return kernels.view(B, C, 1, 3, 3)
+
+    def forward(self, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Args:
+            x (Tensor): (B, H, W, C) attention input (predictor input).
+            v (Tensor): (B, H, W, C) values.
+
+        Returns:
+            Tensor: (B, H, W, C) local term.
+        """
+        kernels = self.predict_kernels(x).to(v.dtype)
+        C = v.shape[-1]
+        # One depthwise conv per image on the zero-copy NCHW view of the
+        # channels-last map (faster than a B*C-group conv, which needs a
+        # transposed copy).
+        local = [
+            F.conv2d(v[i:i + 1].permute(0, 3, 1, 2), kernels[i], padding=1,
+                     groups=C) for i in range(v.shape[0])
+        ]
+        return torch.cat(local).permute(0, 2, 3, 1)
+
+
+class InLineAttention(nn.Module):
+    """InLine attention over the whole (B, H, W, C) map.
+
+    Args:
+        embed_dims (int): Channels C.
+        num_heads (int): Heads; any head dim ``C // num_heads``.
+        qkv_layout (str): ``'q_kv'`` (PVT: ``q`` and ``kv`` Linears, K rows
+            first in ``kv``) or ``'qkv'`` (Swin: one ``qkv`` Linear).
+            Default: 'qkv'.
+        qkv_bias (bool): Bias on the q/k/v projections. Default: True.
+        kernel_func (str): Kernel map of q and k: ``'identity'`` (official
+            default), ``'relu'``, ``'leakyrelu'`` or ``'exp'``
+            (``exp(0.2 x)``). Default: 'identity'.
+    """
+
+    def __init__(self,
+                 embed_dims: int,
+                 num_heads: int,
+                 qkv_layout: str = 'qkv',
+                 qkv_bias: bool = True,
+                 kernel_func: str = 'identity') -> None:
+        super().__init__()
+        if embed_dims % num_heads:
+            raise ValueError(f'embed_dims {embed_dims} is not divisible by '
+                             f'num_heads {num_heads}.')
+        if kernel_func not in KERNEL_FUNCS:
+            raise ValueError(f'unknown kernel_func {kernel_func!r}; choose '
+                             f'one of {sorted(KERNEL_FUNCS)}.')
+        if qkv_layout not in ('q_kv', 'qkv'):
+            raise ValueError(f"qkv_layout must be 'q_kv' or 'qkv', got "
+                             f'{qkv_layout!r}.')
+        self.num_heads = num_heads
+        self.head_dims = embed_dims // num_heads
+        self.scale = self.head_dims**-0.5
+        self.qkv_layout = qkv_layout
+        self.kernel_func = kernel_func
+        self._phi = KERNEL_FUNCS[kernel_func]
+        if qkv_layout == 'q_kv':
+            self.q = nn.Linear(embed_dims, embed_dims, bias=qkv_bias)
+            self.kv = nn.Linear(embed_dims, 2 * embed_dims, bias=qkv_bias)
+        else:
+            self.qkv = nn.Linear(embed_dims, 3 * embed_dims, bias=qkv_bias)
+        self.proj = nn.Linear(embed_dims, embed_dims)
+        self.local = DynamicLocalResidual(embed_dims, num_heads)
+
+    @property
+    def residual(self) -> nn.Sequential:
+        """The kernel predictor (official name ``attn.residual``)."""
+        return self.local.residual
+
+    def _project(self, x: torch.Tensor):
+        C = x.shape[-1]
+        if self.qkv_layout == 'q_kv':
+            kv = self.kv(x)
+            return self.q(x), kv[..., :C], kv[..., C:]
+        qkv = self.qkv(x)
+        return qkv[..., :C], qkv[..., C:2 * C], qkv[..., 2 * C:]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Args: x (Tensor): (B, H, W, C), already normalised.
+
+        Returns:
+            Tensor: (B, H, W, C).
+        """
+        B, H, W, C = x.shape
+        q, k, v = self._project(x)
+        heads = (B, H * W, self.num_heads, self.head_dims)
+        out = injective_global_term(
+            self._phi(q).reshape(heads), self._phi(k).reshape(heads),
+            v.reshape(heads), self.scale).view(B, H, W, C)
+        out = out + self.local(x, v)
+        return self.proj(out.to(x.dtype))

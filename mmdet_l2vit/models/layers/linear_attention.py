@@ -1,0 +1,59 @@
+"""L²ViT linear global attention (ReLU kernel, "kv first").
+
+For each head, with Q' = relu(Q), K' = relu(K)::
+
+    out = (Q' @ (K'^T V * tau)) / max(Q' . sum_n K'_n, 100)
+
+``tau`` is a learnable per-head temperature that scales only the numerator;
+the denominator floor of 100 (not an eps) is part of the official model and
+makes the output resolution dependent. The reductions over all N tokens run
+in float32 even under fp16/bf16 autocast: at detection resolution N is ~60k
+and fp16 sums overflow.
+"""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: The official denominator floor.
+DENOMINATOR_FLOOR = 100.0
+
+
+class LinearAttention(nn.Module):
+    """Global linear attention over all tokens of the map.
+
+    Args:
+        embed_dims (int): Channels C.
+        num_heads (int): Heads; the head dim is ``C // num_heads``.
+        qkv_bias (bool): Bias on the qkv projection. Default: True (what the
+            L²ViT blocks use).
+    """
+
+    def __init__(self, embed_dims: int, num_heads: int,
+                 qkv_bias: bool = True) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        head_dims = embed_dims // num_heads
+        self.temperature = nn.Parameter(
+            torch.full((num_heads, 1, 1), head_dims**-0.5))
+        self.qkv = nn.Linear(embed_dims, embed_dims * 3, bias=qkv_bias)
+        self.proj = nn.Linear(embed_dims, embed_dims)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Args: x (Tensor): (B, H, W, C), already normalised.
+
+        Returns:
+            Tensor: (B, H, W, C).
+        """
+        B, H, W, C = x.shape
+        N = H * W
+        qkv = self.qkv(x).view(B, N, 3, self.num_heads, C // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, h, N, d)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            q = F.relu(q.float())
+            k = F.relu(k.float())
+            kv = (k.transpose(-2, -1) @ v.float()) * self.temperature.float()
+            k_sum = k.sum(dim=-2, keepdim=True)  # (B, h, 1, d)
+            denominator = (q * k_sum).sum(dim=-1, keepdim=True)
+            out = (q @ kv) / denominator.clamp(min=DENOMINATOR_FLOOR)
+        out = out.to(qkv.dtype).transpose(1, 2).reshape(B, H, W, C)
+        return self.proj(out)
