@@ -181,8 +181,8 @@ class Downsample(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
-        self.norm = nn.LayerNorm(in_channels)
         self.proj = nn.Conv2d(in_channels, out_channels, 2, stride=2)
+        self.norm = nn.LayerNorm(in_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.norm(x)
