@@ -47,3 +47,15 @@ def _deterministic_threads():
     torch.set_num_threads(min(2, threads))
     yield
     torch.set_num_threads(threads)
+
+
+def require_toolbox(module: str) -> None:
+    """Skip (or fail under CI) when a toolbox with compiled mmcv ops is not
+    importable; ``module`` is e.g. ``'mmdet.models'``."""
+    try:
+        __import__(module)
+    except ImportError as e:
+        message = f'{module} is not importable ({e}); run tools/install.sh'
+        if os.environ.get('CI', '').lower() == 'true':
+            pytest.fail(message)
+        pytest.skip(message)
