@@ -1,20 +1,22 @@
 """InLine attention: injective linear attention plus a dynamic local residual.
 
 For each head, with kernel map ``phi`` (identity in every released model),
-``s = d**-0.5`` and the ``N`` tokens of the map (no eps, no mask)::
+``q = phi(Q)``, ``k = phi(K)``, ``s = d**-0.5`` and the ``N`` tokens of the
+map (no eps, no mask), the attention weights are::
 
-    out_i = (s / N) * phi(q_i) (phi(K)^T V) + (1 - s * phi(q_i) . mean(phi(K))) * mean(V)
+    w_ij = (s * q_i . k_j - s * q_i . mean(k) + 1) / N
 
-i.e. attention weights ``w_ij = (s * q_i.k_j - s * q_i.mean(k) + 1) / N``,
-which sum to one per row. A dynamic per-channel 3x3 depthwise conv of ``V``
-(kernels predicted per image from the token mean of the input) is added
-before the output projection: ``proj(out + local(V))``.
+(each row sums to one; weights can be negative), evaluated in linear time
+as ``out_i = (s / N) q_i (k^T V) + (1 - s q_i . mean(k)) mean(V)``. A
+dynamic per-channel 3x3 depthwise conv of ``V`` (kernels predicted per image
+from the token mean of the input) is added before the output projection:
+``proj(out + local(V))``.
 
 The reductions over all tokens run in float32 even under fp16/bf16 autocast.
 Parameter names follow the official code: PVT blocks have ``q`` and ``kv``,
 Swin blocks ``qkv``; both have ``proj`` and ``residual.{0,2}``.
 """
-from typing import Callable, Dict
+from typing import Callable, Dict, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -33,8 +35,15 @@ def injective_global_term(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                           scale: float) -> torch.Tensor:
     """The InLine global term in linear time, in float32.
 
+    Uses the algebraically identical form ``out_i = q_i M + mean(V)`` with
+    ``M = s * (K^T V / N - mean(K)^T mean(V))`` (per head, d x d), which
+    needs one pass over the queries instead of two and rounds no worse
+    than the official two-term evaluation.
+
     Args:
-        q, k, v (Tensor): ``(B, N, h, d)`` (already kernel-mapped).
+        q (Tensor): ``(B, N, h, d)`` queries (already kernel-mapped).
+        k (Tensor): ``(B, N, h, d)`` keys (already kernel-mapped).
+        v (Tensor): ``(B, N, h, d)`` values.
         scale (float): ``s = d**-0.5``.
 
     Returns:
@@ -42,59 +51,66 @@ def injective_global_term(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     """
     with torch.autocast(device_type=q.device.type, enabled=False):
         q, k, v = q.float(), k.float(), v.float()
-        num_tokens = q.shape[1]
-        kv = torch.einsum('bnhd,bnhe->bhde', k, v) * (scale / num_tokens)
-        out = torch.einsum('bnhd,bhde->bnhe', q, kv)
-        gate = 1. - scale * torch.einsum('bnhd,bhd->bnh', q, k.mean(dim=1))
-        return out + gate.unsqueeze(-1) * v.mean(dim=1).unsqueeze(1)
+        k_mean, v_mean = k.mean(dim=1), v.mean(dim=1)  # (B, h, d)
+        kv = torch.einsum('bnhd,bnhe->bhde', k, v) / k.shape[1]
+        kv = (kv - k_mean.unsqueeze(-1) * v_mean.unsqueeze(-2)) * scale
+        return torch.einsum('bnhd,bhde->bnhe', q, kv) + v_mean.unsqueeze(1)
 
 
-class DynamicLocalResidual(nn.Module):
-    """Per-image, per-channel 3x3 depthwise conv on V with predicted kernels.
-
-    The predictor (``residual``) is two head-grouped 1x1 Conv1d layers
-    (``d -> d -> 9d`` per head, GELU between) on the token mean of the
-    attention input. Channel ``c``'s kernel is outputs ``[9c, 9c + 9)``,
-    row-major 3x3, applied as cross-correlation with zero padding 1.
+def build_kernel_predictor(embed_dims: int, num_heads: int) -> nn.Sequential:
+    """The official ``residual`` predictor: two head-grouped 1x1 Conv1d
+    (``d -> d -> 9d`` per head) with GELU between.
 
     Args:
         embed_dims (int): Channels C.
-        num_heads (int): Heads (groups of the predictor).
+        num_heads (int): Heads (groups).
     """
+    return nn.Sequential(
+        nn.Conv1d(embed_dims, embed_dims, 1, groups=num_heads), nn.GELU(),
+        nn.Conv1d(embed_dims, 9 * embed_dims, 1, groups=num_heads))
 
-    def __init__(self, embed_dims: int, num_heads: int) -> None:
-        super().__init__()
-        self.residual = nn.Sequential(
-            nn.Conv1d(embed_dims, embed_dims, 1, groups=num_heads),
-            nn.GELU(),
-            nn.Conv1d(embed_dims, 9 * embed_dims, 1, groups=num_heads))
 
-    def predict_kernels(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, H, W, C) attention input -> (B, C, 1, 3, 3) kernels."""
-        B, C = x.shape[0], x.shape[-1]
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            mean = x.float().mean(dim=(1, 2)).unsqueeze(-1)  # (B, C, 1)
-            kernels = self.residual(mean)
-        return kernels.view(B, C, 1, 3, 3)
+def predict_local_kernels(predictor: nn.Module,
+                          x: torch.Tensor) -> torch.Tensor:
+    """Kernels of the local residual from the token mean of the input.
 
-    def forward(self, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """Args:
-            x (Tensor): (B, H, W, C) attention input (predictor input).
-            v (Tensor): (B, H, W, C) values.
+    Channel ``c``'s kernel is predictor outputs ``[9c, 9c + 9)``, row-major.
 
-        Returns:
-            Tensor: (B, H, W, C) local term.
-        """
-        kernels = self.predict_kernels(x).to(v.dtype)
-        C = v.shape[-1]
-        # One depthwise conv per image on the zero-copy NCHW view of the
-        # channels-last map (faster than a B*C-group conv, which needs a
-        # transposed copy).
-        local = [
-            F.conv2d(v[i:i + 1].permute(0, 3, 1, 2), kernels[i], padding=1,
-                     groups=C) for i in range(v.shape[0])
-        ]
-        return torch.cat(local).permute(0, 2, 3, 1)
+    Args:
+        predictor (nn.Module): See :func:`build_kernel_predictor`.
+        x (Tensor): (B, H, W, C) attention input.
+
+    Returns:
+        Tensor: (B, C, 1, 3, 3) float32 kernels.
+    """
+    B, C = x.shape[0], x.shape[-1]
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        mean = x.float().mean(dim=(1, 2)).unsqueeze(-1)  # (B, C, 1)
+        return predictor(mean).view(B, C, 1, 3, 3)
+
+
+def dynamic_depthwise_conv3x3(v: torch.Tensor,
+                              kernels: torch.Tensor) -> torch.Tensor:
+    """Per-image depthwise 3x3 cross-correlation with zero padding 1.
+
+    One depthwise conv per image on the NCHW view of the channels-last map
+    (faster than the official single ``groups=B*C`` conv, which needs a
+    transposed copy); identical results.
+
+    Args:
+        v (Tensor): (B, H, W, C) values.
+        kernels (Tensor): (B, C, 1, 3, 3).
+
+    Returns:
+        Tensor: (B, H, W, C).
+    """
+    kernels = kernels.to(v.dtype)
+    C = v.shape[-1]
+    local = [
+        F.conv2d(v[i:i + 1].permute(0, 3, 1, 2), kernels[i], padding=1,
+                 groups=C) for i in range(v.shape[0])
+    ]
+    return torch.cat(local).permute(0, 2, 3, 1)
 
 
 class InLineAttention(nn.Module):
@@ -133,21 +149,17 @@ class InLineAttention(nn.Module):
         self.scale = self.head_dims**-0.5
         self.qkv_layout = qkv_layout
         self.kernel_func = kernel_func
-        self._phi = KERNEL_FUNCS[kernel_func]
         if qkv_layout == 'q_kv':
             self.q = nn.Linear(embed_dims, embed_dims, bias=qkv_bias)
             self.kv = nn.Linear(embed_dims, 2 * embed_dims, bias=qkv_bias)
         else:
             self.qkv = nn.Linear(embed_dims, 3 * embed_dims, bias=qkv_bias)
         self.proj = nn.Linear(embed_dims, embed_dims)
-        self.local = DynamicLocalResidual(embed_dims, num_heads)
+        self.residual = build_kernel_predictor(embed_dims, num_heads)
 
-    @property
-    def residual(self) -> nn.Sequential:
-        """The kernel predictor (official name ``attn.residual``)."""
-        return self.local.residual
-
-    def _project(self, x: torch.Tensor):
+    def _project(
+            self, x: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         C = x.shape[-1]
         if self.qkv_layout == 'q_kv':
             kv = self.kv(x)
@@ -163,9 +175,11 @@ class InLineAttention(nn.Module):
         """
         B, H, W, C = x.shape
         q, k, v = self._project(x)
+        phi = KERNEL_FUNCS[self.kernel_func]
         heads = (B, H * W, self.num_heads, self.head_dims)
         out = injective_global_term(
-            self._phi(q).reshape(heads), self._phi(k).reshape(heads),
-            v.reshape(heads), self.scale).view(B, H, W, C)
-        out = out + self.local(x, v)
+            phi(q).reshape(heads), phi(k).reshape(heads),
+            v.reshape(heads), self.scale).reshape(B, H, W, C)
+        kernels = predict_local_kernels(self.residual, x)
+        out = out + dynamic_depthwise_conv3x3(v, kernels)
         return self.proj(out.to(x.dtype))
