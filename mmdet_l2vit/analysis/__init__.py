@@ -1,0 +1,1 @@
+"""Analysis helpers: complexity counting (and, later, attention studies)."""
