@@ -36,7 +36,8 @@ def build_drop_path(drop_prob: float) -> nn.Module:
 def drop_path_rates(drop_path_rate: float, depths: List[int]) -> List[float]:
     """Linear stochastic-depth schedule over all blocks."""
     return [
-        float(r) for r in torch.linspace(0, drop_path_rate, sum(depths))
+        float(r) for r in torch.linspace(
+            0, drop_path_rate, sum(depths), device='cpu')
     ]
 
 

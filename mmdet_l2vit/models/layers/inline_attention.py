@@ -47,10 +47,11 @@ def injective_global_term(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         scale (float): ``s = d**-0.5``.
 
     Returns:
-        Tensor: ``(B, N, h, d)`` float32.
+        Tensor: ``(B, N, h, d)``, float32 (float64 for float64 inputs).
     """
+    dtype = torch.promote_types(q.dtype, torch.float32)
     with torch.autocast(device_type=q.device.type, enabled=False):
-        q, k, v = q.float(), k.float(), v.float()
+        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
         k_mean, v_mean = k.mean(dim=1), v.mean(dim=1)  # (B, h, d)
         kv = torch.einsum('bnhd,bnhe->bhde', k, v) / k.shape[1]
         kv = (kv - k_mean.unsqueeze(-1) * v_mean.unsqueeze(-2)) * scale
@@ -70,22 +71,23 @@ def build_kernel_predictor(embed_dims: int, num_heads: int) -> nn.Sequential:
         nn.Conv1d(embed_dims, 9 * embed_dims, 1, groups=num_heads))
 
 
-def predict_local_kernels(predictor: nn.Module,
+def predict_local_kernels(predictor: nn.Sequential,
                           x: torch.Tensor) -> torch.Tensor:
     """Kernels of the local residual from the token mean of the input.
 
     Channel ``c``'s kernel is predictor outputs ``[9c, 9c + 9)``, row-major.
 
     Args:
-        predictor (nn.Module): See :func:`build_kernel_predictor`.
+        predictor (nn.Sequential): See :func:`build_kernel_predictor`.
         x (Tensor): (B, H, W, C) attention input.
 
     Returns:
-        Tensor: (B, C, 1, 3, 3) float32 kernels.
+        Tensor: (B, C, 1, 3, 3) kernels in the predictor's dtype (float32).
     """
     B, C = x.shape[0], x.shape[-1]
+    dtype = predictor[0].weight.dtype
     with torch.autocast(device_type=x.device.type, enabled=False):
-        mean = x.float().mean(dim=(1, 2)).unsqueeze(-1)  # (B, C, 1)
+        mean = x.to(dtype).mean(dim=(1, 2)).unsqueeze(-1)  # (B, C, 1)
         return predictor(mean).view(B, C, 1, 3, 3)
 
 
@@ -182,4 +184,4 @@ class InLineAttention(nn.Module):
             v.reshape(heads), self.scale).reshape(B, H, W, C)
         kernels = predict_local_kernels(self.residual, x)
         out = out + dynamic_depthwise_conv3x3(v, kernels)
-        return self.proj(out.to(x.dtype))
+        return self.proj(out.to(v.dtype))
