@@ -227,7 +227,8 @@ def test_patch_merging_pads_odd_maps_and_keeps_official_order():
 
 
 # ---------------------------------------------------------- dense behaviour
-@pytest.mark.parametrize('hw', [(33, 33), (97, 131), (800, 1216), (31, 20)])
+@pytest.mark.parametrize('hw', [(33, 33), (97, 131), (800, 1216), (31, 20),
+                                (5, 3)])
 def test_output_shapes_follow_ceil_rule(hw):
     model = random_model()
     with torch.no_grad():
