@@ -187,17 +187,19 @@ class SwinWindowAttention(nn.Module):
         if shift:
             x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
         windows = window_partition(x, ws)  # (B * nW, N, C)
-        num_windows, N = Hp * Wp // (ws * ws), ws * ws
-        qkv = self.qkv(windows).view(B, num_windows, N, 3, self.num_heads,
+        num_windows, N = windows.shape[:2]
+        qkv = self.qkv(windows).view(num_windows, N, 3, self.num_heads,
                                      C // self.num_heads)
-        q, k, v = qkv.permute(3, 0, 1, 4, 2, 5).unbind(0)  # (B, nW, h, N, d)
-        bias = self._bias()
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B * nW, h, N, d)
+        bias = self._bias()  # (h, N, N), broadcast over windows
         if shift:
             mask = shifted_window_mask(Hp, Wp, ws, shift, device=x.device)
             bias = bias.unsqueeze(0) + mask.unsqueeze(1)  # (nW, h, N, N)
+            if B > 1:
+                bias = bias.repeat(B, 1, 1, 1)
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=bias.to(q.dtype), scale=self.scale)
-        out = out.transpose(2, 3).reshape(B * num_windows, N, C)
+        out = out.transpose(1, 2).reshape(num_windows, N, C)
         out = window_merge(self.proj(out), ws, B, Hp, Wp)
         if shift:
             out = torch.roll(out, shifts=(shift, shift), dims=(1, 2))
