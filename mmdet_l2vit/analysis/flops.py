@@ -46,7 +46,7 @@ def count_macs(model: nn.Module,
         tuple[int, dict]: Total MACs and MACs per top-level child /
         per stage (``downsample_layers.i``, ``stages.i``, ...).
     """
-    model = model.eval()
+    model.eval()  # (some toolbox backbones return None from train())
     inputs = (torch.randn(batch_size, 3, *shape), )
     analyzer = FlopAnalyzer(model, inputs)
     analyzer.set_op_handle(**EXTRA_HANDLES)

@@ -1,12 +1,14 @@
 """Small bricks shared by the backbones (pure torch + timm, no registries)."""
 import contextlib
-from typing import Iterator, List
+from typing import Iterator, List, Optional
 
 import torch
 from timm.layers import DropPath
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
+
+from .fused import linear
 
 
 class Mlp(nn.Module):
@@ -20,17 +22,27 @@ class Mlp(nn.Module):
     def __init__(self, in_features: int, hidden_features: int) -> None:
         super().__init__()
         self.fc1 = nn.Linear(in_features, hidden_features)
-        self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden_features, in_features)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+    def forward(self,
+                x: torch.Tensor,
+                residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``fc2(gelu(fc1(x)))``, plus ``residual`` when given (fused into
+        the GEMM epilogues for CPU inference, see :mod:`.fused`)."""
+        return linear(linear(x, self.fc1, gelu=True), self.fc2,
+                      residual=residual)
 
 
 def build_drop_path(drop_prob: float) -> nn.Module:
     """``DropPath(p)`` or ``nn.Identity`` when ``p == 0`` (as the official
     models do, so state dicts and module trees match)."""
     return DropPath(drop_prob) if drop_prob > 0. else nn.Identity()
+
+
+def residual_fusable(module: nn.Module, drop_path: nn.Module) -> bool:
+    """Whether ``x + drop_path(branch)`` may be computed as ``branch + x``
+    inside the branch's last op: the drop path is a no-op."""
+    return isinstance(drop_path, nn.Identity) or not module.training
 
 
 def drop_path_rates(drop_path_rate: float, depths: List[int]) -> List[float]:

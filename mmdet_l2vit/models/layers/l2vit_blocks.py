@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import Mlp, build_drop_path
+from .common import Mlp, build_drop_path, residual_fusable
+from .fused import conv2d_gelu
 from .linear_attention import LinearAttention
 from .window_attention import WindowAttention
 
@@ -26,6 +27,10 @@ def conv_channels_last(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
 class ConvPosEnc(nn.Module):
     """Conditional position encoding: ``x + dwconv3x3(x)``.
 
+    The identity is folded into the centre tap of the depthwise kernel, so
+    the residual costs no extra pass (gradients w.r.t. the kernel are
+    unchanged).
+
     Args:
         embed_dims (int): Channels.
     """
@@ -34,9 +39,15 @@ class ConvPosEnc(nn.Module):
         super().__init__()
         self.proj = nn.Conv2d(embed_dims, embed_dims, 3, padding=1,
                               groups=embed_dims)
+        identity = torch.zeros(embed_dims, 1, 3, 3)
+        identity[:, :, 1, 1] = 1.
+        self.register_buffer('identity', identity, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + conv_channels_last(self.proj, x)
+        weight = self.proj.weight + self.identity.to(self.proj.weight.dtype)
+        out = F.conv2d(x.permute(0, 3, 1, 2), weight, self.proj.bias,
+                       padding=1, groups=self.proj.groups)
+        return out.permute(0, 2, 3, 1)
 
 
 class LocalConcentration(nn.Module):
@@ -52,14 +63,13 @@ class LocalConcentration(nn.Module):
         padding = kernel_size // 2
         self.conv1 = nn.Conv2d(embed_dims, embed_dims, kernel_size,
                                padding=padding, groups=embed_dims)
-        self.act = nn.GELU()
         self.bn = nn.BatchNorm2d(embed_dims)
         self.conv2 = nn.Conv2d(embed_dims, embed_dims, kernel_size,
                                padding=padding, groups=embed_dims)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.permute(0, 3, 1, 2)
-        x = self.conv2(self.bn(self.act(self.conv1(x))))
+        x = self.conv2(self.bn(conv2d_gelu(x, self.conv1)))
         return x.permute(0, 2, 3, 1)
 
 
@@ -91,7 +101,9 @@ class LWABlock(nn.Module):
         x = self.cpe[0](x)
         x = x + self.drop_path(self.attn(self.norm1(x)))
         x = self.cpe[1](x)
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        if residual_fusable(self, self.drop_path):
+            return self.mlp(self.norm2(x), residual=x)
+        return self.drop_path(self.mlp(self.norm2(x))).add_(x)
 
 
 class LGABlock(nn.Module):
@@ -121,9 +133,14 @@ class LGABlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.cpe[0](x)
-        x = x + self.drop_path(self.attn(self.norm1(x)))
-        x = x + self.drop_path(self.local_mp(self.norm3(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        if residual_fusable(self, self.drop_path):
+            x = self.attn(self.norm1(x), residual=x)
+        else:
+            x = self.drop_path(self.attn(self.norm1(x))).add_(x)
+        x = self.drop_path(self.local_mp(self.norm3(x))).add_(x)
+        if residual_fusable(self, self.drop_path):
+            return self.mlp(self.norm2(x), residual=x)
+        return self.drop_path(self.mlp(self.norm2(x))).add_(x)
 
 
 class ConvStem(nn.Module):

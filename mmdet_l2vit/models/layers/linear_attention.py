@@ -10,9 +10,13 @@ makes the output resolution dependent. The reductions over all N tokens run
 in float32 even under fp16/bf16 autocast: at detection resolution N is ~60k
 and fp16 sums overflow.
 """
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .fused import linear
 
 #: The official denominator floor.
 DENOMINATOR_FLOOR = 100.0
@@ -38,22 +42,33 @@ class LinearAttention(nn.Module):
         self.qkv = nn.Linear(embed_dims, embed_dims * 3, bias=qkv_bias)
         self.proj = nn.Linear(embed_dims, embed_dims)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Args: x (Tensor): (B, H, W, C), already normalised.
+    def forward(self,
+                x: torch.Tensor,
+                residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Args:
+            x (Tensor): (B, H, W, C), already normalised.
+            residual (Tensor, optional): Added to the output (fused into the
+                output projection when possible).
 
         Returns:
             Tensor: (B, H, W, C).
         """
         B, H, W, C = x.shape
-        N = H * W
-        qkv = self.qkv(x).view(B, N, 3, self.num_heads, C // self.num_heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, h, N, d)
+        heads = self.num_heads
+        qkv = linear(x, self.qkv).view(B, H * W, 3, heads, C // heads)
+        # one copy into head-major layout: (3, B, heads, N, head_dims)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).contiguous().unbind(0)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            q = F.relu(q.float())
-            k = F.relu(k.float())
-            kv = (k.transpose(-2, -1) @ v.float()) * self.temperature.float()
-            k_sum = k.sum(dim=-2, keepdim=True)  # (B, h, 1, d)
-            denominator = (q * k_sum).sum(dim=-1, keepdim=True)
-            out = (q @ kv) / denominator.clamp(min=DENOMINATOR_FLOOR)
-        out = out.to(qkv.dtype).transpose(1, 2).reshape(B, H, W, C)
-        return self.proj(out)
+            q, k, v = q.float(), k.float(), v.float()
+            if torch.is_grad_enabled():
+                q, k = F.relu(q), F.relu(k)
+            else:
+                q, k = q.relu_(), k.relu_()
+            kv = (k.transpose(-2, -1) @ v) * self.temperature.float()
+            k_sum = k.sum(dim=-2).unsqueeze(-1)  # (B, heads, head_dims, 1)
+            denominator = (q @ k_sum).clamp_(min=DENOMINATOR_FLOOR)
+            out = q @ kv
+            out = out / denominator if torch.is_grad_enabled() else \
+                out.div_(denominator)
+        out = out.to(x.dtype).transpose(1, 2).reshape(B, H, W, C)
+        return linear(out, self.proj, residual=residual)

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .fused import linear
+
 
 def window_partition(x: torch.Tensor, window_size: int) -> torch.Tensor:
     """(B, H, W, C) with H, W multiples of ``window_size`` ->
@@ -50,21 +52,27 @@ class WindowAttention(nn.Module):
 
         Returns:
             Tensor: (B, H, W, C).
+
+        The qkv and output projections act on the whole (padded) map; the
+        only copies are the two permutes into and out of window-major head
+        layout, which double as the window partition and merge.
         """
         B, H, W, C = x.shape
-        ws = self.window_size
+        ws, heads = self.window_size, self.num_heads
         pad_b, pad_r = (ws - H % ws) % ws, (ws - W % ws) % ws
         if pad_b or pad_r:
             x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
         Hp, Wp = H + pad_b, W + pad_r
-        windows = window_partition(x, ws)
-        num_windows, N, _ = windows.shape
-        qkv = self.qkv(windows).view(num_windows, N, 3, self.num_heads,
-                                     C // self.num_heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        out = F.scaled_dot_product_attention(q, k, v)
-        out = self.proj(out.transpose(1, 2).reshape(num_windows, N, C))
-        out = window_merge(out, ws, B, Hp, Wp)
+        nh, nw = Hp // ws, Wp // ws
+        qkv = linear(x, self.qkv).view(B, nh, ws, nw, ws, 3, heads,
+                                       C // heads)
+        # -> (3, B * nh * nw, heads, ws * ws, head_dims)
+        qkv = qkv.permute(5, 0, 1, 3, 6, 2, 4, 7).reshape(
+            3, B * nh * nw, heads, ws * ws, C // heads)
+        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+        out = out.view(B, nh, nw, heads, ws, ws, C // heads).permute(
+            0, 1, 4, 2, 5, 3, 6).reshape(B, Hp, Wp, C)
+        out = linear(out, self.proj)
         if pad_b or pad_r:
             out = out[:, :H, :W]
         return out

@@ -1,0 +1,183 @@
+"""Backbone latency and peak-memory measurement (used by tools/benchmark.py).
+
+Timing runs every model of a resolution in one process, interleaved: each
+repeat round times every model once, in turn, so slow drifts of the machine
+(thermal, other load) hit all models alike. Peak memory is measured per case
+in a fresh subprocess: on CUDA ``torch.cuda.max_memory_allocated`` (tensors
+only); on CPU the growth of the process's peak resident set during one
+iteration (``VmHWM`` after resetting it through ``/proc/self/clear_refs``),
+which counts everything the iteration touched, allocator caching included.
+"""
+import json
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any, Callable, Dict, List, NamedTuple, Sequence, Tuple
+
+import torch
+from torch import nn
+
+#: name -> (toolbox type, constructor kwargs)
+MODEL_SPECS: Dict[str, Tuple[str, Dict[str, Any]]] = {
+    'L2ViT-T': ('L2ViT', dict(arch='tiny')),
+    'InLinePVT-T': ('InLinePVT', dict(arch='tiny')),
+    'InLineSwin-T': ('InLineSwin', dict(arch='tiny')),
+    'Swin-T (mmdet)': ('SwinTransformer', dict(
+        embed_dims=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24),
+        window_size=7, convert_weights=False)),
+    'PVTv2-b2 (mmdet)': ('PyramidVisionTransformerV2', dict(
+        embed_dims=64, num_layers=[3, 4, 6, 3])),
+}
+DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16,
+          'fp16': torch.float16}
+
+
+def build_model(name: str, with_cp: bool = False) -> nn.Module:
+    """Build a benchmark model by its name in :data:`MODEL_SPECS`."""
+    import mmdet.models  # noqa: F401  (registers mmdet's backbones)
+    from mmdet.registry import MODELS
+    from mmengine.registry import init_default_scope
+
+    import mmdet_l2vit  # noqa: F401
+
+    init_default_scope('mmdet')
+    type_name, kwargs = MODEL_SPECS[name]
+    kwargs = dict(kwargs, type=type_name)
+    if with_cp:
+        kwargs['with_cp'] = True
+    return MODELS.build(kwargs)
+
+
+def parse_size(text: str) -> Tuple[int, int]:
+    """``'1024'`` -> (1024, 1024); ``'800x1216'`` -> (800, 1216)."""
+    parts = text.lower().split('x')
+    if len(parts) == 1:
+        return int(parts[0]), int(parts[0])
+    return int(parts[0]), int(parts[1])
+
+
+def make_step(model: nn.Module, x: torch.Tensor, mode: str,
+              dtype: torch.dtype) -> Callable[[], None]:
+    """One forward (no grad) or forward+backward call."""
+    autocast = torch.autocast(x.device.type, dtype=dtype,
+                              enabled=dtype != torch.float32)
+
+    def forward() -> None:
+        with torch.no_grad(), autocast:
+            model(x)
+
+    def forward_backward() -> None:
+        with autocast:
+            outs = model(x)
+        sum(o.float().mean() for o in outs).backward()
+        model.zero_grad(set_to_none=True)
+
+    return forward if mode == 'fwd' else forward_backward
+
+
+def _sync(device: str) -> None:
+    if device == 'cuda':
+        torch.cuda.synchronize()
+
+
+class Timing(NamedTuple):
+    median: float
+    low: float
+    high: float
+    samples: List[float]
+
+
+def time_interleaved(steps: Dict[str, Callable[[], None]], device: str,
+                     warmup: int, repeats: int,
+                     progress: Callable[[str], None]) -> Dict[str, Timing]:
+    """Time several steps, interleaving them in every repeat round."""
+    for name, step in steps.items():
+        for _ in range(warmup):
+            step()
+        _sync(device)
+        progress(f'  warmed up {name}')
+    samples: Dict[str, List[float]] = {name: [] for name in steps}
+    for round_index in range(repeats):
+        for name, step in steps.items():
+            _sync(device)
+            start = time.perf_counter()
+            step()
+            _sync(device)
+            samples[name].append(time.perf_counter() - start)
+        progress(f'  round {round_index + 1}/{repeats}')
+    return {
+        name: Timing(statistics.median(s), min(s), max(s), s)
+        for name, s in samples.items()
+    }
+
+
+def gemm_gflops(device: str, size: int = 2048, repeats: int = 5) -> float:
+    """Achieved GFLOP/s of one large fp32 ``torch.mm`` on this device."""
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    torch.mm(a, b)
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        torch.mm(a, b)
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return 2 * size**3 / statistics.median(times) / 1e9
+
+
+def _read_status(field: str) -> int:
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith(field + ':'):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f'{field} not in /proc/self/status')
+
+
+def measure_peak_memory_here(name: str, size: Tuple[int, int], batch: int,
+                             mode: str, dtype_name: str, device: str,
+                             threads: int, with_cp: bool) -> Dict[str, Any]:
+    """Peak memory of one iteration (run this in a fresh process)."""
+    torch.set_num_threads(threads)
+    model = build_model(name, with_cp=with_cp).to(device)
+    model.train(mode == 'fwdbwd')
+    x = torch.randn(batch, 3, *size, device=device)
+    step = make_step(model, x, mode, DTYPES[dtype_name])
+    if device == 'cuda':
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        step()
+        torch.cuda.synchronize()
+        return dict(peak_bytes=torch.cuda.max_memory_allocated() - base,
+                    what='cuda max_memory_allocated minus resident tensors')
+    base = _read_status('VmRSS')
+    with open('/proc/self/clear_refs', 'w') as f:
+        f.write('5')  # reset VmHWM (peak RSS) to the current RSS
+    step()
+    return dict(peak_bytes=_read_status('VmHWM') - base,
+                what='growth of peak RSS during one iteration')
+
+
+def measure_peak_memory(name: str, size: Tuple[int, int], batch: int,
+                        mode: str, dtype_name: str, device: str, threads: int,
+                        with_cp: bool = False) -> Dict[str, Any]:
+    """Run :func:`measure_peak_memory_here` in a fresh subprocess."""
+    args = dict(name=name, size=list(size), batch=batch, mode=mode,
+                dtype_name=dtype_name, device=device, threads=threads,
+                with_cp=with_cp)
+    code = ('import json, sys; from mmdet_l2vit.analysis.benchmark import '
+            'measure_peak_memory_here as m; a = json.loads(sys.argv[1]); '
+            'a["size"] = tuple(a["size"]); print("RESULT", json.dumps(m(**a)))')
+    result = subprocess.run([sys.executable, '-c', code, json.dumps(args)],
+                            capture_output=True, text=True, check=False)
+    for line in result.stdout.splitlines():
+        if line.startswith('RESULT '):
+            return json.loads(line[len('RESULT '):])
+    raise RuntimeError(f'memory measurement of {name} at {size} failed:\n'
+                       f'{result.stderr[-2000:]}')
+
+
+def summarise(values: Sequence[float]) -> str:
+    return f'{statistics.median(values) * 1e3:.1f}'

@@ -1,0 +1,172 @@
+"""Benchmark backbone latency and peak memory against mmdet's own backbones.
+
+For each resolution, every model is timed in the same process, interleaved
+round by round (forward under no_grad, then forward+backward); median and
+spread are reported, with achieved GFLOP/s next to a large ``torch.mm`` on
+the same threads. Peak memory is measured per case in a fresh subprocess
+(CPU: growth of peak RSS during one iteration; CUDA: max_memory_allocated).
+
+Example (the table in docs/benchmarks.md):
+    python tools/benchmark.py --threads 2 --repeats 5 \
+        --sizes 224 512 800x1216 1024 1536 2048 --out work_dirs/benchmark
+"""
+import argparse
+import json
+import os
+import os.path as osp
+import sys
+from typing import Any, Dict, List
+
+import torch
+
+from mmdet_l2vit.analysis.benchmark import (DTYPES, MODEL_SPECS, build_model,
+                                            gemm_gflops, make_step,
+                                            measure_peak_memory, parse_size,
+                                            time_interleaved)
+from mmdet_l2vit.analysis.flops import count_macs
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split('\n\n')[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split('\n\n', 1)[1])
+    parser.add_argument('--models', nargs='+', default=list(MODEL_SPECS),
+                        choices=list(MODEL_SPECS))
+    parser.add_argument('--sizes', nargs='+',
+                        default=['224', '512', '800x1216', '1024', '1536',
+                                 '2048'], help="e.g. 1024 or 800x1216")
+    parser.add_argument('--batch', type=int, default=1)
+    parser.add_argument('--dtype', choices=sorted(DTYPES), default='fp32')
+    parser.add_argument('--device', choices=['cpu', 'cuda'], default='cpu')
+    parser.add_argument('--threads', type=int, default=2)
+    parser.add_argument('--warmup', type=int, default=1)
+    parser.add_argument('--repeats', type=int, default=5)
+    parser.add_argument('--modes', nargs='+', default=['fwd', 'fwdbwd'],
+                        choices=['fwd', 'fwdbwd'])
+    parser.add_argument('--no-memory', action='store_true',
+                        help='skip the per-case peak-memory subprocesses')
+    parser.add_argument('--with-cp', action='store_true',
+                        help='gradient checkpointing in the backbones')
+    parser.add_argument('--out', default='work_dirs/benchmark',
+                        help='directory for results.json and plot.png')
+    return parser.parse_args()
+
+
+def progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def run(args: argparse.Namespace) -> Dict[str, Any]:
+    torch.set_num_threads(args.threads)
+    progress(f'torch.mm reference on {args.threads} threads ...')
+    reference = gemm_gflops(args.device)
+    models = {}
+    for name in args.models:
+        models[name] = build_model(name, with_cp=args.with_cp).to(args.device)
+    dtype = DTYPES[args.dtype]
+    rows: List[Dict[str, Any]] = []
+    for size_text in args.sizes:
+        size = parse_size(size_text)
+        x = torch.randn(args.batch, 3, *size, device=args.device)
+        for mode in args.modes:
+            progress(f'{size[0]}x{size[1]} {mode}:')
+            steps = {}
+            for name, model in models.items():
+                model.train(mode == 'fwdbwd')
+                steps[name] = make_step(model, x, mode, dtype)
+            timings = time_interleaved(steps, args.device, args.warmup,
+                                       args.repeats, progress)
+            for name, timing in timings.items():
+                row = dict(model=name, size=list(size), mode=mode,
+                           median_s=timing.median, min_s=timing.low,
+                           max_s=timing.high, samples_s=timing.samples)
+                if mode == 'fwd':
+                    macs, _ = count_macs(models[name].cpu(), size)
+                    models[name].to(args.device)
+                    row['gmacs'] = macs / 1e9
+                    row['gflops_per_s'] = 2 * macs * args.batch / \
+                        timing.median / 1e9
+                if not args.no_memory:
+                    progress(f'  peak memory of {name} ...')
+                    row.update(measure_peak_memory(
+                        name, size, args.batch, mode, args.dtype,
+                        args.device, args.threads, args.with_cp))
+                rows.append(row)
+    return dict(command=' '.join(sys.argv), threads=args.threads,
+                device=args.device, dtype=args.dtype, batch=args.batch,
+                torch=torch.__version__, mm_gflops_per_s=reference,
+                results=rows)
+
+
+def print_table(report: Dict[str, Any]) -> None:
+    print(f"\ndevice {report['device']}, {report['threads']} threads, "
+          f"{report['dtype']}, batch {report['batch']}; torch.mm: "
+          f"{report['mm_gflops_per_s']:.1f} GFLOP/s")
+    header = (f"{'model':<18} {'size':>10} {'mode':>7} {'median ms':>10} "
+              f"{'min-max ms':>17} {'GFLOP/s':>8} {'% mm':>5} "
+              f"{'peak MiB':>9}")
+    print(header)
+    print('-' * len(header))
+    for row in report['results']:
+        size = f"{row['size'][0]}x{row['size'][1]}"
+        spread = f"{row['min_s'] * 1e3:.0f}-{row['max_s'] * 1e3:.0f}"
+        gflops = row.get('gflops_per_s')
+        rate = f'{gflops:8.1f}' if gflops else ' ' * 8
+        share = (f"{100 * gflops / report['mm_gflops_per_s']:5.0f}"
+                 if gflops else ' ' * 5)
+        memory = (f"{row['peak_bytes'] / 2**20:9.0f}"
+                  if 'peak_bytes' in row else ' ' * 9)
+        print(f"{row['model']:<18} {size:>10} {row['mode']:>7} "
+              f"{row['median_s'] * 1e3:10.1f} {spread:>17} {rate} {share} "
+              f'{memory}')
+
+
+def plot(report: Dict[str, Any], path: str) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+    for ax, key, label in ((axes[0], 'median_s', 'time (s)'),
+                           (axes[1], 'peak_bytes', 'peak memory (bytes)')):
+        for (name, mode) in sorted({(r['model'], r['mode'])
+                                    for r in report['results']}):
+            rows = [r for r in report['results'] if r['model'] == name
+                    and r['mode'] == mode and key in r]
+            if not rows:
+                continue
+            pixels = [r['size'][0] * r['size'][1] for r in rows]
+            values = [r[key] for r in rows]
+            ax.plot(pixels, values, marker='o',
+                    linestyle='-' if mode == 'fwd' else '--',
+                    label=f'{name} {mode}')
+            if name.startswith('L2ViT') and mode == 'fwd':
+                ax.plot(pixels, [values[0] * p / pixels[0] for p in pixels],
+                        color='gray', linestyle=':',
+                        label='linear scaling from L2ViT-T')
+        ax.set_xscale('log')
+        ax.set_yscale('log')
+        ax.set_xlabel('pixels (H x W)')
+        ax.set_ylabel(label)
+        ax.grid(True, which='both', alpha=.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{report['device']}, {report['threads']} threads, "
+                 f"{report['dtype']}, batch {report['batch']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    args = parse_args()
+    report = run(args)
+    os.makedirs(args.out, exist_ok=True)
+    with open(osp.join(args.out, 'results.json'), 'w') as f:
+        json.dump(report, f, indent=1)
+    plot(report, osp.join(args.out, 'plot.png'))
+    print_table(report)
+    print(f'\nwrote {args.out}/results.json and {args.out}/plot.png')
+
+
+if __name__ == '__main__':
+    main()
