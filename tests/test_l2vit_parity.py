@@ -37,15 +37,18 @@ def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a - b).abs().max().item()
 
 
-def test_detection_features_match_official(expected, checkpoint_path):
+@pytest.mark.parametrize('grad', [False, True],
+                         ids=['inference-fused', 'autograd'])
+def test_detection_features_match_official(expected, checkpoint_path, grad):
+    """Both code paths: fused oneDNN kernels (no grad) and plain ops."""
     model = build_r1(checkpoint_path)
     norms = expected['norms']
     model.load_state_dict(norms, strict=False)
-    with torch.no_grad():
+    with torch.set_grad_enabled(grad):
         outs = model(expected['input'])
     assert len(outs) == 4
     for out, ref in zip(outs, expected['features']):
-        assert max_abs_diff(out, ref) <= TOLERANCE
+        assert max_abs_diff(out.detach(), ref) <= TOLERANCE
 
 
 def test_stage_tokens_and_logits_at_224_match_official(

@@ -8,7 +8,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
-from .fused import linear
+from .fused import gelu_linear, linear, onednn_fusable
 
 
 class Mlp(nn.Module):
@@ -27,10 +27,17 @@ class Mlp(nn.Module):
     def forward(self,
                 x: torch.Tensor,
                 residual: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """``fc2(gelu(fc1(x)))``, plus ``residual`` when given (fused into
-        the GEMM epilogues for CPU inference, see :mod:`.fused`)."""
-        return linear(linear(x, self.fc1, gelu=True), self.fc2,
-                      residual=residual)
+        """``fc2(gelu(fc1(x)))``, plus ``residual`` when given.
+
+        CPU inference fuses the GELU and the residual into the GEMM
+        epilogues; training keeps half the MLP's activations (the GELU is
+        recomputed in backward), see :mod:`.fused`.
+        """
+        if onednn_fusable(x):
+            return linear(linear(x, self.fc1, gelu=True), self.fc2,
+                          residual=residual)
+        out = gelu_linear(self.fc1(x), self.fc2)
+        return out if residual is None else out.add_(residual)
 
 
 def build_drop_path(drop_prob: float) -> nn.Module:

@@ -156,7 +156,7 @@ class ConvStem(nn.Module):
         hidden = embed_dims // 2
         self.proj = nn.Sequential(
             nn.Conv2d(in_channels, hidden, 3, stride=2, padding=1),
-            nn.BatchNorm2d(hidden), nn.ReLU(),
+            nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
             nn.Conv2d(hidden, embed_dims, 3, stride=2, padding=1),
             nn.BatchNorm2d(embed_dims))
 

@@ -56,14 +56,13 @@ class LinearAttention(nn.Module):
         B, H, W, C = x.shape
         heads = self.num_heads
         qkv = linear(x, self.qkv).view(B, H * W, 3, heads, C // heads)
-        # one copy into head-major layout: (3, B, heads, N, head_dims)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).contiguous().unbind(0)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            q, k, v = q.float(), k.float(), v.float()
-            if torch.is_grad_enabled():
-                q, k = F.relu(q), F.relu(k)
-            else:
-                q, k = q.relu_(), k.relu_()
+            # relu(q), relu(k) and v as (B, heads, N, head_dims) tensors of
+            # their own, so nothing keeps the (B, N, 3C) qkv output alive
+            q = F.relu(qkv[:, :, 0].transpose(1, 2).float())
+            k = F.relu(qkv[:, :, 1].transpose(1, 2).float())
+            v = qkv[:, :, 2].transpose(1, 2).float().contiguous()
+            del qkv
             kv = (k.transpose(-2, -1) @ v) * self.temperature.float()
             k_sum = k.sum(dim=-2).unsqueeze(-1)  # (B, heads, head_dims, 1)
             denominator = (q @ k_sum).clamp_(min=DENOMINATOR_FLOOR)
