@@ -1,0 +1,16 @@
+# Semantic FPN (FPN neck + FPNHead) on an InLine-PVT backbone, ADE20K classes.
+_base_ = 'mmseg::_base_/models/fpn_r50.py'
+
+model = dict(
+    data_preprocessor=dict(size=(512, 512)),
+    pretrained=None,
+    backbone=dict(
+        _delete_=True,
+        type='InLinePVT',
+        arch='tiny',
+        pretrain_img_size=224,
+        drop_path_rate=0.1,
+        out_indices=(0, 1, 2, 3),
+        with_cp=False),
+    neck=dict(in_channels=[64, 128, 320, 512], out_channels=256, num_outs=4),
+    decode_head=dict(num_classes=150))

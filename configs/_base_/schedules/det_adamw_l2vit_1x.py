@@ -1,0 +1,17 @@
+# L2ViT detection recipe, 1x: 12 epochs, steps at 8 and 11, AdamW lr 1e-4,
+# betas (0.9, 0.999), weight decay 0.05 on every parameter (no paramwise
+# rules, no layer decay), linear warm-up over 500 iterations from 0.001x.
+# 16 images per step (8 GPUs x 2); --auto-scale-lr rescales for other sizes.
+_base_ = 'mmdet::_base_/schedules/schedule_1x.py'
+
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0,
+         end=500),
+    dict(type='MultiStepLR', begin=0, end=12, by_epoch=True,
+         milestones=[8, 11], gamma=0.1)
+]
+optim_wrapper = dict(
+    type='OptimWrapper',
+    optimizer=dict(_delete_=True, type='AdamW', lr=1e-4, betas=(0.9, 0.999),
+                   weight_decay=0.05))
+auto_scale_lr = dict(enable=False, base_batch_size=16)

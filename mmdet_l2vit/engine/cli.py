@@ -1,0 +1,222 @@
+"""``tools/train.py`` and ``tools/test.py`` for mmdet and mmseg configs.
+
+One implementation serves both toolboxes; it branches on the config's
+``default_scope`` only where they differ (``--out``, ``--show-dir``,
+metric names). The arguments are those of mmdet's and mmseg's tools.
+Before the runner is built, the datasets and checkpoint paths are checked
+(:mod:`mmdet_l2vit.datasets.checks`, :mod:`.preflight`), so bad input fails
+in seconds with a message that says what to do.
+"""
+import argparse
+import json
+import os
+import os.path as osp
+import sys
+from typing import Dict, List, Optional
+
+from mmengine.config import Config, DictAction
+from mmengine.logging import print_log
+
+from .preflight import (CheckpointNotFoundError, adapt_for_cpu_distributed,
+                        check_amp_device, check_checkpoint_paths)
+
+
+def _common_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--work-dir', help='the dir to save logs and models')
+    parser.add_argument(
+        '--cfg-options', nargs='+', action=DictAction,
+        help='override settings of the config, as key=value pairs, e.g. '
+        'train_dataloader.batch_size=4 model.backbone.init_cfg=None')
+    parser.add_argument(
+        '--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+        default='none', help='job launcher (tools/dist_*.sh and '
+        'tools/slurm_train.sh set it); on a machine without a GPU the gloo '
+        'backend is used automatically')
+    # torch >= 2.0's launchers pass --local-rank
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+
+
+def train_parser() -> argparse.ArgumentParser:
+    """Arguments of ``tools/train.py``."""
+    parser = argparse.ArgumentParser(
+        description='Train a detector or segmentor (mmdet / mmseg config)')
+    parser.add_argument('config', help='train config file path')
+    parser.add_argument('--amp', action='store_true',
+                        help='automatic mixed precision (needs a GPU)')
+    parser.add_argument(
+        '--auto-scale-lr', action='store_true',
+        help='scale the lr by total batch / auto_scale_lr.base_batch_size')
+    parser.add_argument(
+        '--resume', nargs='?', type=str, const='auto',
+        help='resume from this checkpoint, or (without a path) from the '
+        'latest checkpoint in the work dir')
+    _common_args(parser)
+    return parser
+
+
+def test_parser() -> argparse.ArgumentParser:
+    """Arguments of ``tools/test.py``."""
+    parser = argparse.ArgumentParser(
+        description='Test (and evaluate) a detector or segmentor')
+    parser.add_argument('config', help='test config file path')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument(
+        '--out', help='detection: dump predictions to this .pkl file; '
+        'segmentation: save predicted label maps in this directory')
+    parser.add_argument('--show', action='store_true',
+                        help='show prediction results in a window')
+    parser.add_argument(
+        '--show-dir', help='save painted predictions in this directory '
+        '(relative paths are placed under work_dir/<timestamp>/)')
+    parser.add_argument('--wait-time', type=float, default=2,
+                        help='the interval of --show (s)')
+    parser.add_argument('--metrics-json',
+                        help='also write the metrics to this JSON file')
+    _common_args(parser)
+    return parser
+
+
+def _load_cfg(args: argparse.Namespace) -> Config:
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs',
+                                osp.splitext(osp.basename(args.config))[0])
+    return cfg
+
+
+def setup_train_cfg(args: argparse.Namespace) -> Config:
+    """The config ``tools/train.py`` runs, with the CLI options applied."""
+    cfg = _load_cfg(args)
+    if args.amp:
+        check_amp_device()
+        if cfg.optim_wrapper.get('type', 'OptimWrapper') == 'OptimWrapper':
+            cfg.optim_wrapper.type = 'AmpOptimWrapper'
+            cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+    if args.auto_scale_lr:
+        if 'base_batch_size' not in cfg.get('auto_scale_lr', {}):
+            raise RuntimeError('--auto-scale-lr needs '
+                               '`auto_scale_lr = dict(base_batch_size=N)` in '
+                               'the config.')
+        cfg.auto_scale_lr.enable = True
+    if args.resume == 'auto':
+        cfg.resume, cfg.load_from = True, None
+    elif args.resume is not None:
+        cfg.resume, cfg.load_from = True, args.resume
+    return cfg
+
+
+def setup_test_cfg(args: argparse.Namespace) -> Config:
+    """The config ``tools/test.py`` runs, with the CLI options applied."""
+    cfg = _load_cfg(args)
+    cfg.load_from = args.checkpoint
+    scope = cfg.get('default_scope', 'mmdet')
+    if args.show or args.show_dir:
+        hook = cfg.default_hooks.get('visualization')
+        if hook is None:
+            raise RuntimeError('--show/--show-dir need a visualization hook '
+                               'in default_hooks.')
+        hook.draw = True
+        if args.show:
+            hook.show, hook.wait_time = True, args.wait_time
+        if args.show_dir:
+            if scope == 'mmseg':  # SegVisualizationHook saves via backends
+                cfg.visualizer.save_dir = args.show_dir if osp.isabs(
+                    args.show_dir) else osp.join(cfg.work_dir, args.show_dir)
+            else:
+                hook.test_out_dir = args.show_dir
+    if args.out is not None and scope == 'mmseg':
+        cfg.test_evaluator['output_dir'] = args.out
+        cfg.test_evaluator['keep_results'] = True
+    return cfg
+
+
+def preflight(cfg: Config, loaders: List[str], training: bool) -> None:
+    """Check data and checkpoints, then prepare CPU distributed runs."""
+    from ..datasets.checks import check_config_data
+    check_config_data(cfg, loaders)
+    check_checkpoint_paths(cfg, training=training)
+    adapt_for_cpu_distributed(cfg)
+
+
+def build_runner(cfg: Config):
+    """``Runner.from_cfg`` or the registered ``runner_type``."""
+    from mmengine.registry import RUNNERS, init_default_scope
+    from mmengine.runner import Runner
+    init_default_scope(cfg.get('default_scope', 'mmdet'))
+    if 'runner_type' in cfg:
+        return RUNNERS.build(cfg)
+    return Runner.from_cfg(cfg)
+
+
+def format_metrics(metrics: Dict[str, float], scope: str) -> str:
+    """One line per task: box AP / mask AP (COCO) or mIoU (mmseg)."""
+    lines = []
+    for task, label in (('bbox', 'box'), ('segm', 'mask')):
+        keys = [k for k in metrics if k.endswith(f'{task}_mAP')]
+        for key in keys:
+            base = key[:-len('_mAP')]
+            parts = [f'{label} AP {metrics[key]:.3f}'] + [
+                f'AP{s} {metrics[base + "_mAP_" + s]:.3f}'
+                for s in ('50', '75') if base + '_mAP_' + s in metrics
+            ]
+            lines.append('  '.join(parts))
+    for key in ('mIoU', 'mAcc', 'aAcc'):
+        if key in metrics:
+            lines.append(f'{key} {metrics[key]:.2f} %')
+    return '\n'.join(lines) if lines else json.dumps(metrics)
+
+
+def _fail(error: Exception) -> int:
+    print(f'\nerror: {error}', file=sys.stderr)
+    return 2
+
+
+USER_ERRORS = (CheckpointNotFoundError, RuntimeError, ValueError)
+
+
+def train(argv: Optional[List[str]] = None) -> int:
+    """Entry point of ``tools/train.py``; returns the exit status."""
+    from ..datasets.checks import DatasetError
+    args = train_parser().parse_args(argv)
+    try:
+        cfg = setup_train_cfg(args)
+        preflight(cfg, ['train_dataloader', 'val_dataloader'], training=True)
+    except (DatasetError, ) + USER_ERRORS as e:
+        return _fail(e)
+    build_runner(cfg).train()
+    return 0
+
+
+def test(argv: Optional[List[str]] = None) -> int:
+    """Entry point of ``tools/test.py``; prints and returns the metrics."""
+    from ..datasets.checks import DatasetError
+    args = test_parser().parse_args(argv)
+    try:
+        cfg = setup_test_cfg(args)
+        preflight(cfg, ['test_dataloader'], training=False)
+    except (DatasetError, ) + USER_ERRORS as e:
+        return _fail(e)
+    scope = cfg.get('default_scope', 'mmdet')
+    runner = build_runner(cfg)
+    if args.out is not None and scope != 'mmseg':
+        if not args.out.endswith(('.pkl', '.pickle')):
+            return _fail(ValueError('--out must end with .pkl or .pickle'))
+        from mmdet.evaluation import DumpDetResults
+        runner.test_evaluator.metrics.append(
+            DumpDetResults(out_file_path=args.out))
+    metrics = runner.test()
+    if runner.rank == 0:
+        print(f'\nTest results ({osp.basename(args.config)}, '
+              f'{args.checkpoint}):\n{format_metrics(metrics, scope)}')
+        if args.metrics_json:
+            with open(args.metrics_json, 'w') as f:
+                json.dump({k: float(v) for k, v in metrics.items()
+                           if isinstance(v, (int, float))}, f, indent=1)
+    return 0

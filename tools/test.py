@@ -1,0 +1,19 @@
+"""Test a detector (mmdet config) or segmentor (mmseg config) and print box AP / mask AP
+(COCO metric) or mIoU.
+
+Usage: python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out FILE_OR_DIR]
+       [--show] [--show-dir DIR] [--metrics-json FILE] [--cfg-options k=v ...]
+       [--launcher {none,pytorch,slurm,mpi}]
+
+--out: a .pkl of the predictions (mmdet) or a folder of label maps (mmseg).
+--show-dir: painted predictions, under work_dir/<timestamp>/ when relative.
+"""
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+from mmdet_l2vit.engine.cli import test  # noqa: E402
+
+if __name__ == '__main__':
+    sys.exit(test())
