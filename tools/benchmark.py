@@ -46,6 +46,8 @@ def parse_args() -> argparse.Namespace:
                         choices=['fwd', 'fwdbwd'])
     parser.add_argument('--no-memory', action='store_true',
                         help='skip the per-case peak-memory subprocesses')
+    parser.add_argument('--memory-repeats', type=int, default=3,
+                        help='fresh subprocesses per memory case (median)')
     parser.add_argument('--with-cp', action='store_true',
                         help='gradient checkpointing in the backbones')
     parser.add_argument('--out', default='work_dirs/benchmark',
@@ -91,7 +93,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                     progress(f'  peak memory of {name} ...')
                     row.update(measure_peak_memory(
                         name, size, args.batch, mode, args.dtype,
-                        args.device, args.threads, args.with_cp))
+                        args.device, args.threads, args.with_cp,
+                        args.memory_repeats))
                 rows.append(row)
     return dict(command=' '.join(sys.argv), threads=args.threads,
                 device=args.device, dtype=args.dtype, batch=args.batch,

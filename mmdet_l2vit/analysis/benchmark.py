@@ -162,8 +162,24 @@ def measure_peak_memory_here(name: str, size: Tuple[int, int], batch: int,
 
 def measure_peak_memory(name: str, size: Tuple[int, int], batch: int,
                         mode: str, dtype_name: str, device: str, threads: int,
-                        with_cp: bool = False) -> Dict[str, Any]:
-    """Run :func:`measure_peak_memory_here` in a fresh subprocess."""
+                        with_cp: bool = False,
+                        repeats: int = 1) -> Dict[str, Any]:
+    """Median of ``repeats`` runs of :func:`measure_peak_memory_here`, each
+    in a fresh subprocess (CPU peak RSS varies by a few % run to run)."""
+    runs = [
+        _measure_peak_memory_once(name, size, batch, mode, dtype_name,
+                                  device, threads, with_cp)
+        for _ in range(repeats)
+    ]
+    result = dict(runs[0])
+    result['peak_bytes_runs'] = [r['peak_bytes'] for r in runs]
+    result['peak_bytes'] = statistics.median(result['peak_bytes_runs'])
+    return result
+
+
+def _measure_peak_memory_once(name: str, size: Tuple[int, int], batch: int,
+                              mode: str, dtype_name: str, device: str,
+                              threads: int, with_cp: bool) -> Dict[str, Any]:
     args = dict(name=name, size=list(size), batch=batch, mode=mode,
                 dtype_name=dtype_name, device=device, threads=threads,
                 with_cp=with_cp)

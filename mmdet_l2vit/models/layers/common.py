@@ -8,7 +8,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
-from .fused import gelu_linear, linear, onednn_fusable
+from .fused import (gelu_linear, layer_norm_linear, linear,
+                    onednn_fusable)
 
 
 class Mlp(nn.Module):
@@ -26,17 +27,27 @@ class Mlp(nn.Module):
 
     def forward(self,
                 x: torch.Tensor,
-                residual: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """``fc2(gelu(fc1(x)))``, plus ``residual`` when given.
+                residual: Optional[torch.Tensor] = None,
+                norm: Optional[nn.LayerNorm] = None) -> torch.Tensor:
+        """``fc2(gelu(fc1(norm(x))))``, plus ``residual`` when given.
 
         CPU inference fuses the GELU and the residual into the GEMM
-        epilogues; training keeps half the MLP's activations (the GELU is
-        recomputed in backward), see :mod:`.fused`.
+        epilogues; training keeps neither the normalised input nor the GELU
+        output alive (both are recomputed in backward), see :mod:`.fused`.
+
+        Args:
+            x (Tensor): (..., C) input.
+            residual (Tensor, optional): Added to the output.
+            norm (nn.LayerNorm, optional): Pre-norm applied to ``x`` first.
         """
         if onednn_fusable(x):
+            if norm is not None:
+                x = norm(x)
             return linear(linear(x, self.fc1, gelu=True), self.fc2,
                           residual=residual)
-        out = gelu_linear(self.fc1(x), self.fc2)
+        hidden = self.fc1(x) if norm is None else layer_norm_linear(
+            x, norm, self.fc1)
+        out = gelu_linear(hidden, self.fc2)
         return out if residual is None else out.add_(residual)
 
 

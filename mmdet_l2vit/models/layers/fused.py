@@ -117,3 +117,51 @@ def gelu_linear(h: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
                                 layer.bias)
         return out.view(*h.shape[:-1], out.shape[-1])
     return layer(F.gelu(h))
+
+
+class _LayerNormLinear(torch.autograd.Function):
+    """``linear(layer_norm(x))`` saving ``x`` (and the LN statistics) but not
+    the normalised tensor, which backward recomputes (one cheap pass)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, norm_weight: torch.Tensor,
+                norm_bias: torch.Tensor, eps: float, weight: torch.Tensor,
+                bias: Optional[torch.Tensor]) -> torch.Tensor:
+        shape = (x.shape[-1], )
+        normed, mean, rstd = torch.native_layer_norm(x, shape, norm_weight,
+                                                     norm_bias, eps)
+        ctx.save_for_backward(x, mean, rstd, norm_weight, norm_bias, weight)
+        ctx.eps, ctx.has_bias = eps, bias is not None
+        return F.linear(normed, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        x, mean, rstd, norm_weight, norm_bias, weight = ctx.saved_tensors
+        shape = (x.shape[-1], )
+        normed = torch.native_layer_norm(x, shape, norm_weight, norm_bias,
+                                         ctx.eps)[0]
+        grad_weight = grad_out.t() @ normed
+        grad_bias = grad_out.sum(0) if ctx.has_bias else None
+        grad_normed = grad_out @ weight
+        grad_x, grad_norm_weight, grad_norm_bias = \
+            torch.ops.aten.native_layer_norm_backward(
+                grad_normed, x, shape, mean, rstd, norm_weight, norm_bias,
+                [ctx.needs_input_grad[0], ctx.needs_input_grad[1],
+                 ctx.needs_input_grad[2]])
+        return (grad_x, grad_norm_weight, grad_norm_bias, None, grad_weight,
+                grad_bias)
+
+
+def layer_norm_linear(x: torch.Tensor, norm: nn.LayerNorm,
+                      layer: nn.Linear) -> torch.Tensor:
+    """``layer(norm(x))``; when gradients are recorded (float32, no
+    autocast), without keeping the normalised tensor alive for backward."""
+    if (torch.is_grad_enabled() and x.dtype == torch.float32
+            and not torch.is_autocast_enabled(x.device.type)
+            and not torch.jit.is_tracing() and norm.elementwise_affine
+            and x.shape[-1] == norm.normalized_shape[0]):
+        out = _LayerNormLinear.apply(x.reshape(-1, x.shape[-1]), norm.weight,
+                                     norm.bias, norm.eps, layer.weight,
+                                     layer.bias)
+        return out.view(*x.shape[:-1], out.shape[-1])
+    return linear(norm(x), layer)

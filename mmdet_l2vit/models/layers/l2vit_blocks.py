@@ -99,11 +99,11 @@ class LWABlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.cpe[0](x)
-        x = x + self.drop_path(self.attn(self.norm1(x)))
+        x = x + self.drop_path(self.attn(x, norm=self.norm1))
         x = self.cpe[1](x)
         if residual_fusable(self, self.drop_path):
-            return self.mlp(self.norm2(x), residual=x)
-        return self.drop_path(self.mlp(self.norm2(x))).add_(x)
+            return self.mlp(x, residual=x, norm=self.norm2)
+        return self.drop_path(self.mlp(x, norm=self.norm2)).add_(x)
 
 
 class LGABlock(nn.Module):
@@ -134,13 +134,13 @@ class LGABlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.cpe[0](x)
         if residual_fusable(self, self.drop_path):
-            x = self.attn(self.norm1(x), residual=x)
+            x = self.attn(x, residual=x, norm=self.norm1)
         else:
-            x = self.drop_path(self.attn(self.norm1(x))).add_(x)
+            x = self.drop_path(self.attn(x, norm=self.norm1)).add_(x)
         x = self.drop_path(self.local_mp(self.norm3(x))).add_(x)
         if residual_fusable(self, self.drop_path):
-            return self.mlp(self.norm2(x), residual=x)
-        return self.drop_path(self.mlp(self.norm2(x))).add_(x)
+            return self.mlp(x, residual=x, norm=self.norm2)
+        return self.drop_path(self.mlp(x, norm=self.norm2)).add_(x)
 
 
 class ConvStem(nn.Module):

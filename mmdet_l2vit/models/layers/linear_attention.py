@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fused import linear
+from .fused import layer_norm_linear, linear
 
 #: The official denominator floor.
 DENOMINATOR_FLOOR = 100.0
@@ -44,9 +44,13 @@ class LinearAttention(nn.Module):
 
     def forward(self,
                 x: torch.Tensor,
-                residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+                residual: Optional[torch.Tensor] = None,
+                norm: Optional[nn.LayerNorm] = None) -> torch.Tensor:
         """Args:
-            x (Tensor): (B, H, W, C), already normalised.
+            x (Tensor): (B, H, W, C).
+            norm (nn.LayerNorm, optional): Pre-norm applied to ``x`` first
+                (in training the normalised tensor is recomputed in backward
+                rather than stored).
             residual (Tensor, optional): Added to the output (fused into the
                 output projection when possible).
 
@@ -55,7 +59,9 @@ class LinearAttention(nn.Module):
         """
         B, H, W, C = x.shape
         heads = self.num_heads
-        qkv = linear(x, self.qkv).view(B, H * W, 3, heads, C // heads)
+        qkv = linear(x, self.qkv) if norm is None else layer_norm_linear(
+            x, norm, self.qkv)
+        qkv = qkv.view(B, H * W, 3, heads, C // heads)
         with torch.autocast(device_type=x.device.type, enabled=False):
             # relu(q), relu(k) and v as (B, heads, N, head_dims) tensors of
             # their own, so nothing keeps the (B, N, 3C) qkv output alive

@@ -4,11 +4,13 @@ Windows are aligned top-left on the zero-padded map. There is no shift, no
 relative position bias and no mask: the zero-padded tokens take part as keys
 and values (their k and v are the qkv bias), exactly as the official model.
 """
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fused import linear
+from .fused import layer_norm_linear, linear
 
 
 def window_partition(x: torch.Tensor, window_size: int) -> torch.Tensor:
@@ -47,8 +49,13 @@ class WindowAttention(nn.Module):
         self.qkv = nn.Linear(embed_dims, embed_dims * 3, bias=qkv_bias)
         self.proj = nn.Linear(embed_dims, embed_dims)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Args: x (Tensor): (B, H, W, C), already normalised.
+    def forward(self,
+                x: torch.Tensor,
+                norm: Optional[nn.LayerNorm] = None) -> torch.Tensor:
+        """Args:
+            x (Tensor): (B, H, W, C).
+            norm (nn.LayerNorm, optional): Pre-norm applied to ``x`` first
+                (zero padding comes after it, as officially).
 
         Returns:
             Tensor: (B, H, W, C).
@@ -60,12 +67,25 @@ class WindowAttention(nn.Module):
         B, H, W, C = x.shape
         ws, heads = self.window_size, self.num_heads
         pad_b, pad_r = (ws - H % ws) % ws, (ws - W % ws) % ws
-        if pad_b or pad_r:
-            x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
         Hp, Wp = H + pad_b, W + pad_r
         nh, nw = Hp // ws, Wp // ws
-        qkv = linear(x, self.qkv).view(B, nh, ws, nw, ws, 3, heads,
-                                       C // heads)
+        if norm is not None and torch.is_grad_enabled():
+            # Training: project the unpadded map (the normalised tensor is
+            # recomputed in backward, not stored) and give the padding
+            # tokens what the projection of a zero token is: the bias.
+            qkv = layer_norm_linear(x, norm, self.qkv)
+            if pad_b or pad_r:
+                qkv = F.pad(qkv, (0, 0, 0, pad_r, 0, pad_b))
+                bias = self.qkv.bias if self.qkv.bias is not None else 0.
+                qkv[:, H:] = bias
+                qkv[:, :H, W:] = bias
+        else:
+            if norm is not None:
+                x = norm(x)
+            if pad_b or pad_r:
+                x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
+            qkv = linear(x, self.qkv)
+        qkv = qkv.view(B, nh, ws, nw, ws, 3, heads, C // heads)
         # -> (3, B * nh * nw, heads, ws * ws, head_dims)
         qkv = qkv.permute(5, 0, 1, 3, 6, 2, 4, 7).reshape(
             3, B * nh * nw, heads, ws * ws, C // heads)
