@@ -166,3 +166,20 @@ def test_linear_attention_does_not_overflow_under_fp16_autocast():
     assert torch.isfinite(half).all()
     error = (half.float() - reference).norm() / reference.norm()
     assert error < 1e-2, error
+
+
+def test_compile_option_traces_the_whole_backbone():
+    """``compile`` wraps the backbone in torch.compile; ``fullgraph=True``
+    proves dynamo captures it without graph breaks (the eager backend keeps
+    the test fast; inductor is exercised by tools/benchmark.py)."""
+    torch.manual_seed(0)
+    eager = L2ViT(arch=SMALL_ARCH).eval()
+    compiled = L2ViT(arch=SMALL_ARCH, compile=dict(backend='eager',
+                                                   fullgraph=True)).eval()
+    compiled.load_state_dict(eager.state_dict())
+    x = torch.randn(1, 3, 45, 61)
+    with torch.no_grad():
+        for a, b in zip(eager(x), compiled(x)):
+            torch.testing.assert_close(a, b)
+    with pytest.raises(TypeError, match='compile must be'):
+        L2ViT(arch=SMALL_ARCH, compile='yes')

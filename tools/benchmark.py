@@ -50,6 +50,9 @@ def parse_args() -> argparse.Namespace:
                         help='fresh subprocesses per memory case (median)')
     parser.add_argument('--with-cp', action='store_true',
                         help='gradient checkpointing in the backbones')
+    parser.add_argument('--compile', action='store_true',
+                        help='torch.compile our backbones (first call per '
+                        'size compiles: use --warmup >= 1)')
     parser.add_argument('--out', default='work_dirs/benchmark',
                         help='directory for results.json and plot.png')
     return parser.parse_args()
@@ -65,7 +68,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     reference = gemm_gflops(args.device)
     models = {}
     for name in args.models:
-        models[name] = build_model(name, with_cp=args.with_cp).to(args.device)
+        models[name] = build_model(name, with_cp=args.with_cp,
+                                   compile=args.compile).to(args.device)
     dtype = DTYPES[args.dtype]
     rows: List[Dict[str, Any]] = []
     for size_text in args.sizes:

@@ -33,8 +33,10 @@ DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16,
           'fp16': torch.float16}
 
 
-def build_model(name: str, with_cp: bool = False) -> nn.Module:
-    """Build a benchmark model by its name in :data:`MODEL_SPECS`."""
+def build_model(name: str, with_cp: bool = False,
+                compile: bool = False) -> nn.Module:
+    """Build a benchmark model by its name in :data:`MODEL_SPECS`
+    (``compile`` applies to this package's backbones only)."""
     import mmdet.models  # noqa: F401  (registers mmdet's backbones)
     from mmdet.registry import MODELS
     from mmengine.registry import init_default_scope
@@ -46,6 +48,8 @@ def build_model(name: str, with_cp: bool = False) -> nn.Module:
     kwargs = dict(kwargs, type=type_name)
     if with_cp:
         kwargs['with_cp'] = True
+    if compile and type_name in ('L2ViT', 'InLinePVT', 'InLineSwin'):
+        kwargs['compile'] = True
     return MODELS.build(kwargs)
 
 

@@ -9,7 +9,10 @@ logged report), ``frozen_stages`` and ``norm_eval``.
 """
 import logging
 import warnings
+import weakref
 from typing import Any, Dict, List, Optional, Sequence, Union
+
+import torch
 
 from mmengine.logging import print_log
 from mmengine.model import BaseModule
@@ -18,6 +21,11 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...checkpoint import (ConvertedStateDict, extract_state_dict,
                            load_state_dict_strictly, read_checkpoint_file)
+
+#: Compiled callables of backbones built with ``compile``, kept outside the
+#: modules so that deep copies (EMA) and pickling are unaffected.
+_COMPILED: 'weakref.WeakKeyDictionary[nn.Module, Any]' = \
+    weakref.WeakKeyDictionary()
 
 #: Keys a ``Pretrained`` init_cfg may carry.
 PRETRAINED_KEYS = {'type', 'checkpoint', 'checkpoint_key', 'prefix',
@@ -90,6 +98,8 @@ class DenseBackbone(BaseModule):
             classification checkpoint as released, or a converted one.
             Optional keys: ``checkpoint_key`` (e.g. ``'model_ema'``),
             ``trust_pickle`` (read a trusted file with full pickle).
+        compile (bool | dict): Run the backbone through ``torch.compile``
+            (a dict is passed as its keyword arguments). Default: False.
     """
 
     #: Family name used in checkpoint messages.
@@ -102,7 +112,8 @@ class DenseBackbone(BaseModule):
                  norm_eval: bool = False,
                  with_cp: bool = False,
                  pretrained: Optional[str] = None,
-                 init_cfg: Optional[Union[dict, List[dict]]] = None) -> None:
+                 init_cfg: Optional[Union[dict, List[dict]]] = None,
+                 compile: Union[bool, dict] = False) -> None:
         if pretrained is not None:
             if init_cfg is not None:
                 raise AssertionError(
@@ -128,10 +139,27 @@ class DenseBackbone(BaseModule):
             raise ValueError(f'{type(self).__name__}: frozen_stages must be '
                              f'in [-1, {self.num_stages}], got '
                              f'{frozen_stages}.')
+        if not isinstance(compile, (bool, dict)):
+            raise TypeError(f'{type(self).__name__}: compile must be a bool '
+                            f'or a dict of torch.compile options, got '
+                            f'{type(compile).__name__}.')
+        self.compile = compile
         self.out_indices = out_indices
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
         self.with_cp = with_cp
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the module, through ``torch.compile`` if ``compile`` is set
+        (compiled once, lazily, on the first call)."""
+        if not self.compile or torch.compiler.is_compiling():
+            return super().__call__(*args, **kwargs)
+        compiled = _COMPILED.get(self)
+        if compiled is None:
+            options = self.compile if isinstance(self.compile, dict) else {}
+            compiled = torch.compile(super().__call__, **options)
+            _COMPILED[self] = compiled
+        return compiled(*args, **kwargs)
 
     # ---------------------------------------------------------- subclass API
     def _init_from_scratch(self) -> None:
@@ -213,7 +241,9 @@ class DenseBackbone(BaseModule):
         cfg = self._pretrained_cfg()
         self._init_from_scratch()
         if cfg is None:
-            super().init_weights()
+            if self.init_cfg:
+                super().init_weights()  # other (non-Pretrained) init_cfgs
+            self._is_init = True
             return
         others = [c for c in (self.init_cfg if isinstance(
             self.init_cfg, list) else [self.init_cfg]) if c is not cfg]

@@ -45,6 +45,7 @@ class L2ViT(DenseBackbone):
         init_cfg (dict, optional): ``dict(type='Pretrained',
             checkpoint=PATH)`` loads an official classification checkpoint
             (e.g. ``L2ViT-Tiny-checkpoint-best-ema.pth``) as released.
+        compile (bool | dict): Run through ``torch.compile``. Default: False.
 
     Examples:
         >>> import torch
@@ -79,10 +80,12 @@ class L2ViT(DenseBackbone):
                  norm_eval: bool = False,
                  with_cp: bool = False,
                  pretrained: Optional[str] = None,
-                 init_cfg: Optional[Union[dict, List[dict]]] = None) -> None:
+                 init_cfg: Optional[Union[dict, List[dict]]] = None,
+                 compile: Union[bool, dict] = False) -> None:
         super().__init__(out_indices=out_indices, frozen_stages=frozen_stages,
                          norm_eval=norm_eval, with_cp=with_cp,
-                         pretrained=pretrained, init_cfg=init_cfg)
+                         pretrained=pretrained, init_cfg=init_cfg,
+                         compile=compile)
         self.arch_settings = self._check_arch(arch)
         dims = self.embed_dims = list(self.arch_settings['embed_dims'])
         depths = self.depths = list(self.arch_settings['depths'])
