@@ -247,8 +247,7 @@ def test_inline_blocks_are_global_over_the_unpadded_map():
     seen = []
     block.attn.register_forward_hook(
         lambda module, args, out: seen.append(tuple(args[0].shape)))
-    with torch.no_grad():
-        model(torch.randn(1, 3, 97, 131))
+    model(torch.randn(1, 3, 97, 131))  # autograd path: calls the module
     assert seen == [(1, 25, 33, 16)]
 
 
@@ -268,6 +267,27 @@ def test_softmax_blocks_shift_by_the_official_rule():
     with torch.no_grad():
         outs = model(torch.randn(1, 3, 300, 420))
     assert [tuple(o.shape[2:]) for o in outs] == ceil_sizes(300, 420)
+
+
+@pytest.mark.parametrize('kernel_func, batch, hw', [
+    ('identity', 1, (97, 131)), ('identity', 2, (64, 96)),
+    ('relu', 2, (300, 250))])
+def test_chunked_inference_equals_autograd_path(monkeypatch, kernel_func,
+                                                batch, hw):
+    """CPU inference runs each block token-chunked with fused epilogues;
+    it must equal the plain (autograd) evaluation, with padded and shifted
+    softmax windows too."""
+    from mmdet_l2vit.models.layers import inline_attention
+    monkeypatch.setattr(inline_attention, 'CHUNK_BYTES', 1)
+    monkeypatch.setattr(inline_attention, 'MIN_CHUNK_TOKENS', 100)
+    model = random_model(kernel_func=kernel_func)
+    x = torch.randn(batch, 3, *hw)
+    with torch.no_grad():
+        fast = model(x)
+    plain = model(x)  # grad enabled: the plain, differentiable path
+    for a, b in zip(fast, plain):
+        assert a.is_contiguous() and a.shape == b.shape
+        torch.testing.assert_close(a, b.detach(), rtol=0, atol=1e-5)
 
 
 def test_bf16_autocast_is_finite_and_close():

@@ -10,8 +10,12 @@ from torch import nn
 
 from ...checkpoint import ConvertedStateDict, match_any
 from ...registry import register_into_toolboxes
-from ..layers.common import Mlp, build_drop_path, checkpointed, drop_path_rates
-from ..layers.inline_attention import KERNEL_FUNCS, InLineAttention
+from ..layers.common import (Mlp, build_drop_path, checkpointed,
+                             drop_path_rates, residual_fusable)
+from ..layers.fused import onednn_fusable
+from ..layers.inline_attention import (KERNEL_FUNCS, InLineAttention,
+                                       channels_last_to_nchw,
+                                       inline_block_inference)
 from .base import DenseBackbone, check_stage_lists, resolve_arch
 
 
@@ -35,6 +39,9 @@ class PVTPatchEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C_in, H, W) -> (B, H // p, W // p, C) channels-last."""
+        # A channels-last input gives a channels-last conv output, whose
+        # (B, H, W, C) permute the LayerNorm reads without a copy.
+        x = x.contiguous(memory_format=torch.channels_last)
         return self.norm(self.proj(x).permute(0, 2, 3, 1))
 
 
@@ -61,8 +68,14 @@ class InLinePVTBlock(nn.Module):
         self.mlp = Mlp(embed_dims, int(embed_dims * mlp_ratio))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        if not residual_fusable(self, self.drop_path):
+            x = x + self.drop_path(self.attn(self.norm1(x)))
+            return x + self.drop_path(self.mlp(self.norm2(x)))
+        if onednn_fusable(x):  # CPU inference: token-chunked, fused
+            return inline_block_inference(x, self.norm1, self.attn,
+                                          self.norm2, self.mlp)
+        x = self.attn(self.norm1(x), residual=x)
+        return self.mlp(self.norm2(x), residual=x)
 
 
 def _to_2tuple(size: Union[int, Sequence[int]]) -> Tuple[int, int]:
@@ -256,7 +269,9 @@ class InLinePVT(DenseBackbone):
         stage_outputs = []
         for i in range(self.num_stages):
             x = getattr(self, f'patch_embed{i + 1}')(x)
-            x = x + self.stage_pos_embed(i, x.shape[1], x.shape[2])
+            # in place into the fresh LayerNorm output (whose backward
+            # does not need it)
+            x += self.stage_pos_embed(i, x.shape[1], x.shape[2])
             for block in getattr(self, f'block{i + 1}'):
                 if self.with_cp and x.requires_grad:
                     x = checkpointed(block, x)
@@ -278,7 +293,7 @@ class InLinePVT(DenseBackbone):
             out = stage_outputs[i]
             if self.out_norms:
                 out = getattr(self, f'norm{i}')(out)
-            outs.append(out.permute(0, 3, 1, 2).contiguous())
+            outs.append(channels_last_to_nchw(out))
         return tuple(outs)
 
     # ----------------------------------------------------------- init / load

@@ -11,8 +11,13 @@ from torch import nn
 
 from ...checkpoint import ConvertedStateDict, match_any
 from ...registry import register_into_toolboxes
-from ..layers.common import Mlp, build_drop_path, checkpointed, drop_path_rates
-from ..layers.inline_attention import KERNEL_FUNCS, InLineAttention
+from ..layers.common import (Mlp, build_drop_path, checkpointed,
+                             drop_path_rates, residual_fusable)
+from ..layers.fused import linear, onednn_fusable
+from ..layers.inline_attention import (KERNEL_FUNCS, InLineAttention,
+                                       channels_last_to_nchw,
+                                       inline_block_inference,
+                                       mlp_block_inference)
 from ..layers.swin_window_attention import (
     SwinWindowAttention, resize_relative_position_bias_table)
 from .base import DenseBackbone, check_stage_lists, resolve_arch
@@ -100,6 +105,9 @@ class SwinPatchEmbed(nn.Module):
         pad_b, pad_r = -x.shape[2] % p, -x.shape[3] % p
         if pad_b or pad_r:
             x = F.pad(x, (0, pad_r, 0, pad_b))
+        # A channels-last input gives a channels-last conv output, whose
+        # (B, H, W, C) permute the LayerNorm reads without a copy.
+        x = x.contiguous(memory_format=torch.channels_last)
         return self.norm(self.proj(x).permute(0, 2, 3, 1))
 
 
@@ -121,14 +129,15 @@ class PatchMerging(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, H, W, C) -> (B, ceil(H/2), ceil(W/2), 2C)."""
-        H, W = x.shape[1:3]
+        B, H, W, C = x.shape
         if H % 2 or W % 2:
             x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))
-        x = torch.cat([
-            x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2],
-            x[:, 1::2, 1::2]
-        ], dim=-1)
-        return self.reduction(self.norm(x))
+            H, W = H + H % 2, W + W % 2
+        # (B, H/2, row parity, W/2, col parity, C) -> channel blocks ordered
+        # (col parity, row parity): one copy, the official concat order
+        x = x.view(B, H // 2, 2, W // 2, 2, C).permute(0, 1, 3, 4, 2, 5)
+        x = x.reshape(B, H // 2, W // 2, 4 * C)
+        return linear(self.norm(x), self.reduction)
 
 
 class InLineSwinBlock(nn.Module):
@@ -165,8 +174,17 @@ class InLineSwinBlock(nn.Module):
         self.mlp = Mlp(embed_dims, int(embed_dims * mlp_ratio))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        if not residual_fusable(self, self.drop_path):
+            x = x + self.drop_path(self.attn(self.norm1(x)))
+            return x + self.drop_path(self.mlp(self.norm2(x)))
+        inference = onednn_fusable(x)  # CPU inference: chunked, fused
+        if inference and self.kind == 'I':
+            return inline_block_inference(x, self.norm1, self.attn,
+                                          self.norm2, self.mlp)
+        x = self.attn(self.norm1(x), residual=x)
+        if inference:
+            return mlp_block_inference(x, self.norm2, self.mlp)
+        return self.mlp(self.norm2(x), residual=x)
 
 
 class InLineSwinStage(nn.Module):
@@ -358,8 +376,8 @@ class InLineSwin(DenseBackbone):
         """
         stage_outputs = self.forward_stages(x)
         return tuple(
-            getattr(self, f'norm{i}')(stage_outputs[i]).permute(
-                0, 3, 1, 2).contiguous() for i in self.out_indices)
+            channels_last_to_nchw(getattr(self, f'norm{i}')(stage_outputs[i]))
+            for i in self.out_indices)
 
     # ----------------------------------------------------------- init / load
     def _init_from_scratch(self) -> None:

@@ -7,20 +7,36 @@ map (no eps, no mask), the attention weights are::
     w_ij = (s * q_i . k_j - s * q_i . mean(k) + 1) / N
 
 (each row sums to one; weights can be negative), evaluated in linear time
-as ``out_i = (s / N) q_i (k^T V) + (1 - s q_i . mean(k)) mean(V)``. A
-dynamic per-channel 3x3 depthwise conv of ``V`` (kernels predicted per image
-from the token mean of the input) is added before the output projection:
-``proj(out + local(V))``.
+as ``out_i = q_i M + mean(V)`` with ``M = s (K^T V / N - mean(k)^T mean(V))``
+per head (d x d). A dynamic per-channel 3x3 depthwise conv of ``V`` (kernels
+predicted per image from the token mean of the input) is added before the
+output projection: ``proj(out + local(V))``.
 
-The reductions over all tokens run in float32 even under fp16/bf16 autocast.
-Parameter names follow the official code: PVT blocks have ``q`` and ``kv``,
-Swin blocks ``qkv``; both have ``proj`` and ``residual.{0,2}``.
+Layout and speed (see ``docs/inline_dense_design.md``): everything stays in
+the channels-last ``(B, H, W, C)`` layout. Heads are strided views of it
+(``(h, N, d)`` with row stride C), which the batched GEMMs read and write
+directly, so there is no head split/merge copy; ``mean(V)`` is the bias of
+the local conv, whose output ``q M`` is then accumulated into in place, and
+the output projection can take the block's residual in its epilogue.
+
+For CPU float32 inference (no grad, no autocast, no tracing) a whole InLine
+block runs token-chunked (:func:`inline_block_inference`): LayerNorm, the
+projections, the reductions, the MLP and the residuals work on chunks that
+stay in cache, and only q, V and the local-conv map are ever materialised
+for the whole map. Results equal the plain path up to float32 rounding.
+
+The reductions over all tokens and ``q M`` run in float32 even under
+fp16/bf16 autocast. Parameter names follow the official code: PVT blocks
+have ``q`` and ``kv``, Swin blocks ``qkv``; both have ``proj`` and
+``residual.{0,2}``.
 """
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .fused import linear
 
 #: Kernel maps phi of the official ``inline_swin.py`` (applied to q and k).
 KERNEL_FUNCS: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -30,15 +46,46 @@ KERNEL_FUNCS: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     'exp': lambda x: torch.exp(0.2 * x),
 }
 
+#: Working-set target of one token chunk in :func:`inline_block_inference`
+#: (bytes of the widest per-chunk activation, the MLP hidden layer).
+CHUNK_BYTES = 16 << 20
+#: Fewest tokens per chunk (keeps the per-chunk GEMMs efficient).
+MIN_CHUNK_TOKENS = 256
+
+
+def channels_last_to_nchw(x: torch.Tensor) -> torch.Tensor:
+    """(B, H, W, C) -> contiguous (B, C, H, W), one 2-D transpose per image
+    (PyTorch's blocked transpose copy; ``permute(0, 3, 1, 2).contiguous()``
+    takes the generic strided copy, several times slower on CPU)."""
+    B, H, W, C = x.shape
+    tokens = x.reshape(B, H * W, C)
+    if B == 1:
+        return tokens[0].t().contiguous().view(1, C, H, W)
+    out = x.new_empty(B, C, H, W)
+    for i in range(B):
+        out[i].view(C, H * W).copy_(tokens[i].t())
+    return out
+
+
+def heads_view(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """(N, C) tokens (rows may be strided) -> (h, N, d) view, no copy."""
+    N, C = x.shape
+    return x.view(N, num_heads, C // num_heads).transpose(0, 1)
+
+
+def _reduction_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.promote_types(dtype, torch.float32)
+
 
 def injective_global_term(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                           scale: float) -> torch.Tensor:
-    """The InLine global term in linear time, in float32.
+    """The InLine global term in linear time, in float32 (reference form).
 
-    Uses the algebraically identical form ``out_i = q_i M + mean(V)`` with
-    ``M = s * (K^T V / N - mean(K)^T mean(V))`` (per head, d x d), which
-    needs one pass over the queries instead of two and rounds no worse
-    than the official two-term evaluation.
+    ``out_i = q_i M + mean(V)`` with ``M = s * (K^T V / N - mean(K)^T
+    mean(V))`` (per head, d x d), algebraically the official two-term
+    evaluation. The attention module itself computes the same terms without
+    head copies (:func:`global_term_matrix`); this function is kept as a
+    compact statement of the math.
 
     Args:
         q (Tensor): ``(B, N, h, d)`` queries (already kernel-mapped).
@@ -49,13 +96,49 @@ def injective_global_term(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     Returns:
         Tensor: ``(B, N, h, d)``, float32 (float64 for float64 inputs).
     """
-    dtype = torch.promote_types(q.dtype, torch.float32)
+    dtype = _reduction_dtype(q.dtype)
     with torch.autocast(device_type=q.device.type, enabled=False):
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
         k_mean, v_mean = k.mean(dim=1), v.mean(dim=1)  # (B, h, d)
         kv = torch.einsum('bnhd,bnhe->bhde', k, v) / k.shape[1]
         kv = (kv - k_mean.unsqueeze(-1) * v_mean.unsqueeze(-2)) * scale
         return torch.einsum('bnhd,bhde->bnhe', q, kv) + v_mean.unsqueeze(1)
+
+
+def global_term_matrix(kv_sum: torch.Tensor, k_mean: torch.Tensor,
+                       v_mean: torch.Tensor, num_tokens: int,
+                       scale: float) -> torch.Tensor:
+    """``M = s * (K^T V / N - mean(K)^T mean(V))`` per head.
+
+    Args:
+        kv_sum (Tensor): (B, h, d, d) ``K^T V`` per head.
+        k_mean, v_mean (Tensor): (B, C) token means of K and V.
+        num_tokens (int): N.
+        scale (float): s.
+
+    Returns:
+        Tensor: (B, h, d, d).
+    """
+    B, h = kv_sum.shape[:2]
+    k_mean, v_mean = k_mean.view(B, h, -1), v_mean.view(B, h, -1)
+    return (kv_sum / num_tokens -
+            k_mean.unsqueeze(-1) * v_mean.unsqueeze(-2)) * scale
+
+
+def projected_means(attn: 'InLineAttention', x_mean: torch.Tensor
+                    ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """mean(K), mean(V) from the token mean of the input (exact for the
+    identity kernel map: the projections are affine), (B, C) each."""
+    C = x_mean.shape[-1]
+    if attn.qkv_layout == 'q_kv':
+        weight, bias = attn.kv.weight, attn.kv.bias
+    else:
+        weight = attn.qkv.weight[C:]
+        bias = None if attn.qkv.bias is None else attn.qkv.bias[C:]
+    k_mean, v_mean = F.linear(x_mean, weight.to(x_mean.dtype),
+                              None if bias is None else bias.to(
+                                  x_mean.dtype)).split(C, dim=-1)
+    return k_mean, v_mean
 
 
 def build_kernel_predictor(embed_dims: int, num_heads: int) -> nn.Sequential:
@@ -71,11 +154,37 @@ def build_kernel_predictor(embed_dims: int, num_heads: int) -> nn.Sequential:
         nn.Conv1d(embed_dims, 9 * embed_dims, 1, groups=num_heads))
 
 
+def _grouped_pointwise(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
+    """A grouped 1x1 Conv1d on (B, C_in) vectors as one batched GEMM over
+    the groups (a 1x1 grouped conv is block-diagonal), -> (B, C_out)."""
+    groups, B = conv.groups, x.shape[0]
+    weight = conv.weight.view(groups, -1, conv.weight.shape[1])  # (g, o, i)
+    x = x.view(B, groups, -1).transpose(0, 1)  # (g, B, i)
+    if conv.bias is None:
+        out = torch.bmm(x, weight.transpose(1, 2))
+    else:
+        out = torch.baddbmm(conv.bias.view(groups, 1, -1), x,
+                            weight.transpose(1, 2))
+    return out.transpose(0, 1).reshape(B, -1)
+
+
+def kernels_from_mean(predictor: nn.Sequential,
+                      mean: torch.Tensor) -> torch.Tensor:
+    """Local-residual kernels from the token mean, (B, C) -> (B, C, 1, 3, 3).
+
+    Channel ``c``'s kernel is predictor outputs ``[9c, 9c + 9)``, row-major
+    (the official grouped Conv1d, evaluated as two batched GEMMs).
+    """
+    B, C = mean.shape
+    with torch.autocast(device_type=mean.device.type, enabled=False):
+        mean = mean.to(predictor[0].weight.dtype)
+        hidden = predictor[1](_grouped_pointwise(predictor[0], mean))
+        return _grouped_pointwise(predictor[2], hidden).view(B, C, 1, 3, 3)
+
+
 def predict_local_kernels(predictor: nn.Sequential,
                           x: torch.Tensor) -> torch.Tensor:
     """Kernels of the local residual from the token mean of the input.
-
-    Channel ``c``'s kernel is predictor outputs ``[9c, 9c + 9)``, row-major.
 
     Args:
         predictor (nn.Sequential): See :func:`build_kernel_predictor`.
@@ -84,35 +193,55 @@ def predict_local_kernels(predictor: nn.Sequential,
     Returns:
         Tensor: (B, C, 1, 3, 3) kernels in the predictor's dtype (float32).
     """
-    B, C = x.shape[0], x.shape[-1]
-    dtype = predictor[0].weight.dtype
+    dtype = _reduction_dtype(predictor[0].weight.dtype)
     with torch.autocast(device_type=x.device.type, enabled=False):
-        mean = x.to(dtype).mean(dim=(1, 2)).unsqueeze(-1)  # (B, C, 1)
-        return predictor(mean).view(B, C, 1, 3, 3)
+        return kernels_from_mean(predictor, x.to(dtype).mean(dim=(1, 2)))
 
 
 def dynamic_depthwise_conv3x3(v: torch.Tensor,
-                              kernels: torch.Tensor) -> torch.Tensor:
+                              kernels: torch.Tensor,
+                              bias: Optional[torch.Tensor] = None
+                              ) -> torch.Tensor:
     """Per-image depthwise 3x3 cross-correlation with zero padding 1.
 
     One depthwise conv per image on the NCHW view of the channels-last map
-    (faster than the official single ``groups=B*C`` conv, which needs a
-    transposed copy); identical results.
+    (the official single ``groups=B*C`` conv needs a transposed copy);
+    identical results.
 
     Args:
-        v (Tensor): (B, H, W, C) values.
+        v (Tensor): (B, H, W, C) values (best contiguous: the conv then
+            reads it without a copy).
         kernels (Tensor): (B, C, 1, 3, 3).
+        bias (Tensor, optional): (B, C) per-image bias.
 
     Returns:
-        Tensor: (B, H, W, C).
+        Tensor: (B, H, W, C), contiguous.
     """
+    B, C = v.shape[0], v.shape[-1]
     kernels = kernels.to(v.dtype)
-    C = v.shape[-1]
     local = [
-        F.conv2d(v[i:i + 1].permute(0, 3, 1, 2), kernels[i], padding=1,
-                 groups=C) for i in range(v.shape[0])
+        F.conv2d(v[i:i + 1].permute(0, 3, 1, 2), kernels[i],
+                 None if bias is None else bias[i].to(v.dtype), padding=1,
+                 groups=C).permute(0, 2, 3, 1) for i in range(B)
     ]
-    return torch.cat(local).permute(0, 2, 3, 1)
+    return local[0] if B == 1 else torch.cat(local)
+
+
+def project_qkv(attn: 'InLineAttention', x: torch.Tensor
+                ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k, v projections of (..., C) tokens as (..., C) views (one or two
+    GEMMs; k and v, and q for the Swin layout, are column slices), with the
+    kernel map applied to q and k."""
+    C = x.shape[-1]
+    if attn.qkv_layout == 'q_kv':
+        q = linear(x, attn.q)
+        k, v = linear(x, attn.kv).split(C, dim=-1)
+    else:
+        q, k, v = linear(x, attn.qkv).split(C, dim=-1)
+    if attn.kernel_func != 'identity':
+        phi = KERNEL_FUNCS[attn.kernel_func]
+        q, k = phi(q), phi(k)
+    return q, k, v
 
 
 class InLineAttention(nn.Module):
@@ -159,29 +288,142 @@ class InLineAttention(nn.Module):
         self.proj = nn.Linear(embed_dims, embed_dims)
         self.residual = build_kernel_predictor(embed_dims, num_heads)
 
-    def _project(
-            self, x: torch.Tensor
-    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        C = x.shape[-1]
-        if self.qkv_layout == 'q_kv':
-            kv = self.kv(x)
-            return self.q(x), kv[..., :C], kv[..., C:]
-        qkv = self.qkv(x)
-        return qkv[..., :C], qkv[..., C:2 * C], qkv[..., 2 * C:]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Args: x (Tensor): (B, H, W, C), already normalised.
+    def forward(self,
+                x: torch.Tensor,
+                residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Args:
+            x (Tensor): (B, H, W, C), already normalised.
+            residual (Tensor, optional): (B, H, W, C) added to the output
+                (the block's skip connection, fused into the projection).
 
         Returns:
             Tensor: (B, H, W, C).
         """
         B, H, W, C = x.shape
-        q, k, v = self._project(x)
-        phi = KERNEL_FUNCS[self.kernel_func]
-        heads = (B, H * W, self.num_heads, self.head_dims)
-        out = injective_global_term(
-            phi(q).reshape(heads), phi(k).reshape(heads),
-            v.reshape(heads), self.scale).reshape(B, H, W, C)
-        kernels = predict_local_kernels(self.residual, x)
-        out = out + dynamic_depthwise_conv3x3(v, kernels)
-        return self.proj(out.to(v.dtype))
+        N, heads = H * W, self.num_heads
+        q, k, v = project_qkv(self, x)
+        dtype = _reduction_dtype(q.dtype)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            x_mean = x.to(dtype).mean(dim=(1, 2))
+            kernels = kernels_from_mean(self.residual, x_mean)
+            k32, v32 = k.to(dtype), v.to(dtype)
+            kv_sum = torch.stack([
+                torch.bmm(
+                    heads_view(k32[i].view(N, C), heads).transpose(1, 2),
+                    heads_view(v32[i].view(N, C), heads)) for i in range(B)
+            ])
+            if self.kernel_func == 'identity' and dtype == v.dtype:
+                k_mean, v_mean = projected_means(self, x_mean)
+            else:  # kernel-mapped or low-precision keys: their own means
+                k_mean, v_mean = k32.mean(dim=(1, 2)), v32.mean(dim=(1, 2))
+            matrix = global_term_matrix(kv_sum, k_mean, v_mean, N,
+                                        self.scale)
+            if dtype == v.dtype:  # mean(V) enters as the conv's bias
+                out = dynamic_depthwise_conv3x3(v, kernels, v_mean)
+            else:  # low-precision conv, float32 accumulation
+                out = dynamic_depthwise_conv3x3(v, kernels).to(dtype) + \
+                    v_mean.view(B, 1, 1, C)
+            q32 = q.to(dtype)
+            for i in range(B):  # out += q M, in place on the head views
+                heads_view(out[i].view(N, C), heads).baddbmm_(
+                    heads_view(q32[i].view(N, C), heads), matrix[i])
+        return linear(out.to(q.dtype), self.proj, residual=residual)
+
+
+def _chunk_tokens(num_tokens: int, width: int, itemsize: int) -> int:
+    """Tokens per chunk: about CHUNK_BYTES of ``width`` channels, at least
+    MIN_CHUNK_TOKENS, balanced so the chunks have (nearly) equal size."""
+    rows = max(MIN_CHUNK_TOKENS, CHUNK_BYTES // max(1, width * itemsize))
+    chunks = -(-num_tokens // rows)
+    return -(-num_tokens // chunks)
+
+
+def inline_block_inference(x: torch.Tensor, norm1: nn.Module,
+                           attn: InLineAttention, norm2: nn.Module,
+                           mlp: nn.Module) -> torch.Tensor:
+    """``x + attn(norm1(x))`` then ``+ mlp(norm2(.))``, token-chunked, for
+    inference (no autograd; drop path must be a no-op).
+
+    Pass 1 over token chunks: ``norm1``, the projections, the token sums of
+    the normed input, K and V and the per-head ``K^T V`` (float32); q and V
+    are written to full-map buffers. Then the global matrix M, the kernels
+    and the local conv (whose bias is ``mean(V)``) over the whole map. Pass
+    2 over chunks: ``+= q M`` into the conv output, the projection with the
+    residual, ``norm2`` and the MLP with its residual, written back over the
+    (consumed) conv output, which becomes the block output. Only q, V and
+    the conv map are full-size; everything else lives in cache-sized chunks.
+
+    Args:
+        x (Tensor): (B, H, W, C) block input.
+        norm1, norm2 (nn.Module): The block's LayerNorms.
+        attn (InLineAttention): The attention.
+        mlp (nn.Module): The MLP, called as ``mlp(x, residual=...)``.
+
+    Returns:
+        Tensor: (B, H, W, C) block output.
+    """
+    B, H, W, C = x.shape
+    N, heads = H * W, attn.num_heads
+    hidden = mlp.fc1.out_features if hasattr(mlp, 'fc1') else 4 * C
+    step = _chunk_tokens(N, max(hidden, 3 * C), x.element_size())
+    tokens = x.reshape(B, N, C)
+    values = x.new_empty(B, H, W, C)
+    v_tokens = values.view(B, N, C)
+    queries: List[List[torch.Tensor]] = []
+    identity = attn.kernel_func == 'identity'
+    x_sum = x.new_zeros(B, C)
+    k_sum = None if identity else x.new_zeros(B, C)
+    v_sum = None if identity else x.new_zeros(B, C)
+    kv_sum = x.new_zeros(B, heads, C // heads, C // heads)
+    for i in range(B):
+        queries.append([])
+        for start in range(0, N, step):
+            normed = norm1(tokens[i, start:start + step])
+            x_sum[i] += normed.sum(0)
+            q, k, v = project_qkv(attn, normed)
+            queries[i].append(q.contiguous())  # (a slice of qkv for Swin)
+            if not identity:
+                k_sum[i] += k.sum(0)
+                v_sum[i] += v.sum(0)
+            kv_sum[i].baddbmm_(heads_view(k, heads).transpose(1, 2),
+                               heads_view(v, heads))
+            v_tokens[i, start:start + step] = v
+    x_mean = x_sum / N
+    if identity:
+        k_mean, v_mean = projected_means(attn, x_mean)
+    else:
+        k_mean, v_mean = k_sum / N, v_sum / N
+    matrix = global_term_matrix(kv_sum, k_mean, v_mean, N, attn.scale)
+    kernels = kernels_from_mean(attn.residual, x_mean)
+    out = x.new_empty(B, H, W, C) if B > 1 else None
+    for i in range(B):
+        local = dynamic_depthwise_conv3x3(values[i:i + 1], kernels[i:i + 1],
+                                          v_mean[i:i + 1])
+        local = local.view(N, C)
+        result = local if out is None else out[i].view(N, C)
+        for j, start in enumerate(range(0, N, step)):
+            chunk = local[start:start + step]
+            heads_view(chunk, heads).baddbmm_(
+                heads_view(queries[i][j], heads), matrix[i])
+            queries[i][j] = None  # free as we go
+            y = linear(chunk, attn.proj,
+                       residual=tokens[i, start:start + step])
+            result[start:start + step] = mlp(norm2(y), residual=y)
+        if out is None:
+            out = local.view(1, H, W, C)
+    return out
+
+
+def mlp_block_inference(x: torch.Tensor, norm: nn.Module,
+                        mlp: nn.Module) -> torch.Tensor:
+    """``x + mlp(norm(x))`` token-chunked for inference, written over
+    ``x`` (which must be a fresh tensor the caller owns, e.g. the output of
+    the attention half of the block)."""
+    C = x.shape[-1]
+    tokens = x.view(-1, C)
+    hidden = mlp.fc1.out_features if hasattr(mlp, 'fc1') else 4 * C
+    step = _chunk_tokens(tokens.shape[0], hidden, x.element_size())
+    for start in range(0, tokens.shape[0], step):
+        chunk = tokens[start:start + step]
+        tokens[start:start + step] = mlp(norm(chunk), residual=chunk)
+    return x

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from mmengine.logging import print_log
 from torch import nn
 
-from .window_attention import window_merge, window_partition
+from .fused import linear
+from .window_attention import window_partition
 
 #: Attention logit added between tokens of different shift regions.
 MASK_VALUE = -100.
@@ -171,26 +172,36 @@ class SwinWindowAttention(nn.Module):
             self.relative_position_index.view(-1)]
         return bias.view(n, n, self.num_heads).permute(2, 0, 1)  # (h, N, N)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Args: x (Tensor): (B, H, W, C), already normalised.
+    def forward(self,
+                x: torch.Tensor,
+                residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Args:
+            x (Tensor): (B, H, W, C), already normalised.
+            residual (Tensor, optional): (B, H, W, C) added to the output
+                (the block's skip connection, fused into the projection).
 
         Returns:
             Tensor: (B, H, W, C).
+
+        The qkv projection acts on the whole (padded, shifted) map; the one
+        permute into window-major head layout doubles as the window
+        partition, the one permute back as the merge.
         """
         B, H, W, C = x.shape
-        ws = self.window_size
+        ws, heads = self.window_size, self.num_heads
         shift = self.effective_shift(H, W)
         pad_b, pad_r = (ws - H % ws) % ws, (ws - W % ws) % ws
         if pad_b or pad_r:
             x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
         Hp, Wp = H + pad_b, W + pad_r
+        nh, nw = Hp // ws, Wp // ws
         if shift:
             x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
-        windows = window_partition(x, ws)  # (B * nW, N, C)
-        num_windows, N = windows.shape[:2]
-        qkv = self.qkv(windows).view(num_windows, N, 3, self.num_heads,
-                                     C // self.num_heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B * nW, h, N, d)
+        qkv = linear(x, self.qkv).view(B, nh, ws, nw, ws, 3, heads,
+                                       C // heads)
+        # -> (3, B * nW, heads, ws * ws, head_dims)
+        q, k, v = qkv.permute(5, 0, 1, 3, 6, 2, 4, 7).reshape(
+            3, B * nh * nw, heads, ws * ws, C // heads)
         bias = self._bias()  # (h, N, N), broadcast over windows
         if shift:
             mask = shifted_window_mask(Hp, Wp, ws, shift, device=x.device)
@@ -199,11 +210,10 @@ class SwinWindowAttention(nn.Module):
                 bias = bias.repeat(B, 1, 1, 1)
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=bias.to(q.dtype), scale=self.scale)
-        out = out.transpose(1, 2).reshape(num_windows, N, C)
-        out = window_merge(self.proj(out), ws, B, Hp, Wp)
+        out = out.view(B, nh, nw, heads, ws, ws, C // heads).permute(
+            0, 1, 4, 2, 5, 3, 6).reshape(B, Hp, Wp, C)
         if shift:
             out = torch.roll(out, shifts=(shift, shift), dims=(1, 2))
         if pad_b or pad_r:
-            out = out[:, :H, :W]
-        return out
-
+            out = out[:, :H, :W].contiguous()
+        return linear(out, self.proj, residual=residual)
