@@ -100,7 +100,9 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                         args.device, args.threads, args.with_cp,
                         args.memory_repeats))
                 rows.append(row)
-    return dict(command=' '.join(sys.argv), threads=args.threads,
+    return dict(command='python tools/benchmark.py ' + ' '.join(
+        repr(a) if ' ' in a else a for a in sys.argv[1:]),
+                threads=args.threads,
                 device=args.device, dtype=args.dtype, batch=args.batch,
                 torch=torch.__version__, mm_gflops_per_s=reference,
                 results=rows)
@@ -127,6 +129,43 @@ def print_table(report: Dict[str, Any]) -> None:
         print(f"{row['model']:<18} {size:>10} {row['mode']:>7} "
               f"{row['median_s'] * 1e3:10.1f} {spread:>17} {rate} {share} "
               f'{memory}')
+
+
+def cpu_name() -> str:
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return 'unknown CPU'
+
+
+def markdown(report: Dict[str, Any]) -> str:
+    """The table as Markdown, with the command and the machine."""
+    device = (torch.cuda.get_device_name()
+              if report['device'] == 'cuda' else cpu_name())
+    lines = [
+        f"`{report['command']}`", '',
+        f"{device}, {report['threads']} threads, {report['dtype']}, batch "
+        f"{report['batch']}, torch {report['torch']}; large `torch.mm`: "
+        f"{report['mm_gflops_per_s']:.1f} GFLOP/s", '',
+        '| model | size | mode | median ms | min-max ms | GFLOP/s | % of mm '
+        '| peak MiB |', '|---|---|---|---|---|---|---|---|'
+    ]
+    for row in report['results']:
+        gflops = row.get('gflops_per_s')
+        lines.append(
+            f"| {row['model']} | {row['size'][0]}x{row['size'][1]} | "
+            f"{row['mode']} | {row['median_s'] * 1e3:.0f} | "
+            f"{row['min_s'] * 1e3:.0f}-{row['max_s'] * 1e3:.0f} | "
+            + (f'{gflops:.1f} | '
+               f"{100 * gflops / report['mm_gflops_per_s']:.0f}% | "
+               if gflops else ' | | ') +
+            (f"{row['peak_bytes'] / 2**20:.0f} |"
+             if 'peak_bytes' in row else ' |'))
+    return '\n'.join(lines) + '\n'
 
 
 def plot(report: Dict[str, Any], path: str) -> None:
@@ -170,9 +209,11 @@ def main() -> None:
     os.makedirs(args.out, exist_ok=True)
     with open(osp.join(args.out, 'results.json'), 'w') as f:
         json.dump(report, f, indent=1)
+    with open(osp.join(args.out, 'results.md'), 'w') as f:
+        f.write(markdown(report))
     plot(report, osp.join(args.out, 'plot.png'))
     print_table(report)
-    print(f'\nwrote {args.out}/results.json and {args.out}/plot.png')
+    print(f'\nwrote {args.out}/results.json, results.md and plot.png')
 
 
 if __name__ == '__main__':
