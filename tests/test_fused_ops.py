@@ -86,3 +86,25 @@ def test_onednn_inference_path_matches_plain_ops():
         torch.testing.assert_close(conv2d_gelu(image, conv),
                                    F.gelu(conv(image)), rtol=1e-5,
                                    atol=1e-5)
+
+
+@pytest.mark.parametrize('attention', ['window', 'linear'])
+def test_attention_with_recomputed_norm_matches_plain_autograd(attention):
+    """Training path (LayerNorm recomputed, windows padded with the qkv bias)
+    against norm -> zero-pad -> project, on a map that needs padding."""
+    from mmdet_l2vit.models.layers.linear_attention import LinearAttention
+    from mmdet_l2vit.models.layers.window_attention import WindowAttention
+    torch.manual_seed(0)
+    attn = WindowAttention(16, 2, 4) if attention == 'window' else \
+        LinearAttention(16, 2)
+    norm = _perturbed_norm(16)
+    x = torch.randn(2, 9, 11, 16, requires_grad=True)
+    params = [x] + list(attn.parameters()) + list(norm.parameters())
+    grad_out = torch.randn(2, 9, 11, 16)
+    results = []
+    for out in (attn(norm(x)), attn(x, norm=norm)):
+        results.append((out.detach(),
+                        torch.autograd.grad(out, params, grad_out)))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    for a, b in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
