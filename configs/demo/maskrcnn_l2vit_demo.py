@@ -25,13 +25,13 @@ model = dict(
     roi_head=dict(
         bbox_roi_extractor=dict(
             out_channels=64,
-            roi_layer=dict(type='RoIAlign', output_size=7, sampling_ratio=2)),
+            roi_layer=dict(type='RoIAlign', output_size=7, sampling_ratio=1)),
         bbox_head=dict(in_channels=64, fc_out_channels=256,
                        num_classes=num_classes),
         mask_roi_extractor=dict(
             out_channels=64,
             roi_layer=dict(type='RoIAlign', output_size=14,
-                           sampling_ratio=2)),
+                           sampling_ratio=1)),
         mask_head=dict(num_convs=2, in_channels=64, conv_out_channels=64,
                        num_classes=num_classes)),
     train_cfg=dict(
@@ -90,14 +90,14 @@ val_evaluator = dict(
     metric=['bbox', 'segm'])
 test_evaluator = val_evaluator
 
-max_iters = 1200
+max_iters = 1600
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters,
                  val_interval=max_iters)
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
 optim_wrapper = dict(
     type='OptimWrapper',
-    optimizer=dict(type='AdamW', lr=1e-3, betas=(0.9, 0.999),
+    optimizer=dict(type='AdamW', lr=1.5e-3, betas=(0.9, 0.999), fused=True,
                    weight_decay=0.05),
     clip_grad=dict(max_norm=10.0))
 param_scheduler = [

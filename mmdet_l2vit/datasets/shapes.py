@@ -129,9 +129,9 @@ def _draw_clutter(img: np.ndarray, rng: np.random.Generator,
 
 
 def render_scene(rng: np.random.Generator,
-                 size_range: Tuple[int, int] = (112, 160),
-                 max_objects: int = 6,
-                 object_size: Tuple[float, float] = (14., 56.),
+                 size_range: Tuple[int, int] = (128, 192),
+                 max_objects: int = 8,
+                 object_size: Tuple[float, float] = (16., 56.),
                  min_visible: float = 0.45) -> Scene:
     """Render one scene.
 
@@ -139,7 +139,7 @@ def render_scene(rng: np.random.Generator,
         rng (numpy.random.Generator): Source of all randomness.
         size_range (tuple[int, int]): Range of image height and width
             (each drawn independently, rounded to a multiple of 8).
-        max_objects (int): At most this many shapes (at least 1).
+        max_objects (int): At most this many shapes (at least 2).
         object_size (tuple[float, float]): Range of shape diameters (px).
         min_visible (float): A shape that keeps less than this fraction of
             its area visible after later shapes are drawn is removed and
@@ -153,7 +153,7 @@ def render_scene(rng: np.random.Generator,
     img = _background(h, w, rng)
     clutter = _draw_clutter(img, rng, int(rng.integers(2, 7)),
                             int(rng.integers(0, 5)))
-    num = int(rng.integers(1, max_objects + 1))
+    num = int(rng.integers(2, max_objects + 1))
     labels: List[int] = []
     full_masks: List[np.ndarray] = []
     for _ in range(num * 3):  # a few retries for rejected placements
