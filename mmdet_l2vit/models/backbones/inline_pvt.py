@@ -14,8 +14,8 @@ from ..layers.common import (Mlp, build_drop_path, checkpointed,
                              drop_path_rates, residual_fusable)
 from ..layers.fused import onednn_fusable
 from ..layers.inline_attention import (KERNEL_FUNCS, InLineAttention,
-                                       channels_last_to_nchw,
-                                       inline_block_inference)
+                                       Workspace, channels_last_to_nchw,
+                                       inline_block_inference, layer_norm_)
 from .base import DenseBackbone, check_stage_lists, resolve_arch
 
 
@@ -41,8 +41,11 @@ class PVTPatchEmbed(nn.Module):
         """(B, C_in, H, W) -> (B, H // p, W // p, C) channels-last."""
         # A channels-last input gives a channels-last conv output, whose
         # (B, H, W, C) permute the LayerNorm reads without a copy.
-        x = x.contiguous(memory_format=torch.channels_last)
-        return self.norm(self.proj(x).permute(0, 2, 3, 1))
+        x = self.proj(x.contiguous(memory_format=torch.channels_last))
+        x = x.permute(0, 2, 3, 1)
+        if onednn_fusable(x):  # inference: normalise in place, in chunks
+            return layer_norm_(x.contiguous(), self.norm)
+        return self.norm(x)
 
 
 class InLinePVTBlock(nn.Module):
@@ -67,15 +70,26 @@ class InLinePVTBlock(nn.Module):
         self.norm2 = nn.LayerNorm(embed_dims, eps=1e-6)
         self.mlp = Mlp(embed_dims, int(embed_dims * mlp_ratio))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self,
+                x: torch.Tensor,
+                workspace: Optional[Workspace] = None,
+                inplace: bool = False) -> torch.Tensor:
+        """Args:
+            x (Tensor): (B, H, W, C).
+            workspace (Workspace, optional): Scratch buffers shared by the
+                blocks of one inference forward.
+            inplace (bool): CPU inference may write the output over ``x``.
+        """
         if not residual_fusable(self, self.drop_path):
             x = x + self.drop_path(self.attn(self.norm1(x)))
             return x + self.drop_path(self.mlp(self.norm2(x)))
-        if onednn_fusable(x):  # CPU inference: token-chunked, fused
+        if onednn_fusable(x):  # CPU inference: row bands, fused epilogues
             return inline_block_inference(x, self.norm1, self.attn,
-                                          self.norm2, self.mlp)
+                                          self.norm2, self.mlp,
+                                          out=x if inplace else None,
+                                          workspace=workspace)
         x = self.attn(self.norm1(x), residual=x)
-        return self.mlp(self.norm2(x), residual=x)
+        return self.mlp(x, residual=x, norm=self.norm2)
 
 
 def _to_2tuple(size: Union[int, Sequence[int]]) -> Tuple[int, int]:
@@ -132,6 +146,9 @@ class InLinePVT(DenseBackbone):
         init_cfg (dict, optional): ``dict(type='Pretrained',
             checkpoint=PATH)`` loads an official InLine-PVT classification
             checkpoint as released.
+        compile (bool | dict): Run the backbone through ``torch.compile``
+            (a dict is passed as its options). Default: False (eager, with
+            the fused chunked CPU inference path).
 
     Examples:
         >>> import torch
@@ -165,10 +182,12 @@ class InLinePVT(DenseBackbone):
                  norm_eval: bool = False,
                  with_cp: bool = False,
                  pretrained: Optional[str] = None,
-                 init_cfg: Optional[Union[dict, List[dict]]] = None) -> None:
+                 init_cfg: Optional[Union[dict, List[dict]]] = None,
+                 compile: Union[bool, dict] = False) -> None:
         super().__init__(out_indices=out_indices, frozen_stages=frozen_stages,
                          norm_eval=norm_eval, with_cp=with_cp,
-                         pretrained=pretrained, init_cfg=init_cfg)
+                         pretrained=pretrained, init_cfg=init_cfg,
+                         compile=compile)
         self.arch_settings = self._check_arch(arch)
         if kernel_func not in KERNEL_FUNCS:
             raise ValueError(f'InLinePVT: unknown kernel_func {kernel_func!r}'
@@ -267,6 +286,9 @@ class InLinePVT(DenseBackbone):
                 f'InLinePVT needs inputs of at least 32x32 (its patch '
                 f'embeddings floor to stride 32), got {tuple(x.shape[-2:])}.')
         stage_outputs = []
+        # inference: blocks write over their input and share scratch buffers
+        inference = onednn_fusable(x)
+        workspace = Workspace() if inference else None
         for i in range(self.num_stages):
             x = getattr(self, f'patch_embed{i + 1}')(x)
             # in place into the fresh LayerNorm output (whose backward
@@ -276,7 +298,7 @@ class InLinePVT(DenseBackbone):
                 if self.with_cp and x.requires_grad:
                     x = checkpointed(block, x)
                 else:
-                    x = block(x)
+                    x = block(x, workspace=workspace, inplace=inference)
             stage_outputs.append(x)
             x = x.permute(0, 3, 1, 2)  # NCHW view for the next conv
         return stage_outputs

@@ -15,8 +15,10 @@ from ..layers.common import (Mlp, build_drop_path, checkpointed,
                              drop_path_rates, residual_fusable)
 from ..layers.fused import linear, onednn_fusable
 from ..layers.inline_attention import (KERNEL_FUNCS, InLineAttention,
+                                       Workspace, _chunk_rows,
                                        channels_last_to_nchw,
-                                       inline_block_inference,
+                                       inline_block_inference, layer_norm_,
+                                       layer_norm_to_nchw,
                                        mlp_block_inference)
 from ..layers.swin_window_attention import (
     SwinWindowAttention, resize_relative_position_bias_table)
@@ -107,8 +109,11 @@ class SwinPatchEmbed(nn.Module):
             x = F.pad(x, (0, pad_r, 0, pad_b))
         # A channels-last input gives a channels-last conv output, whose
         # (B, H, W, C) permute the LayerNorm reads without a copy.
-        x = x.contiguous(memory_format=torch.channels_last)
-        return self.norm(self.proj(x).permute(0, 2, 3, 1))
+        x = self.proj(x.contiguous(memory_format=torch.channels_last))
+        x = x.permute(0, 2, 3, 1)
+        if onednn_fusable(x):  # inference: normalise in place, in chunks
+            return layer_norm_(x.contiguous(), self.norm)
+        return self.norm(x)
 
 
 class PatchMerging(nn.Module):
@@ -133,11 +138,27 @@ class PatchMerging(nn.Module):
         if H % 2 or W % 2:
             x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))
             H, W = H + H % 2, W + W % 2
-        # (B, H/2, row parity, W/2, col parity, C) -> channel blocks ordered
-        # (col parity, row parity): one copy, the official concat order
-        x = x.view(B, H // 2, 2, W // 2, 2, C).permute(0, 1, 3, 4, 2, 5)
-        x = x.reshape(B, H // 2, W // 2, 4 * C)
-        return linear(self.norm(x), self.reduction)
+        if not onednn_fusable(x):
+            return linear(self.norm(self._gather(x)), self.reduction)
+        # inference: gather, normalise and reduce bands of output rows
+        out = x.new_empty(B, H // 2, W // 2, self.reduction.out_features)
+        rows = _chunk_rows(H // 2, W // 2, 4 * C, x.element_size())
+        for top in range(0, H // 2, rows):
+            bottom = min(top + rows, H // 2)
+            out[:, top:bottom] = linear(
+                self.norm(self._gather(x[:, 2 * top:2 * bottom])),
+                self.reduction)
+        return out
+
+    @staticmethod
+    def _gather(x: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, C), even H and W -> (B, H/2, W/2, 4C): the view
+        (B, H/2, row parity, W/2, col parity, C) with the channel blocks
+        ordered (col parity, row parity), i.e. the official concat order,
+        in one copy."""
+        B, H, W, C = x.shape
+        x = x.reshape(B, H // 2, 2, W // 2, 2, C).permute(0, 1, 3, 4, 2, 5)
+        return x.reshape(B, H // 2, W // 2, 4 * C)
 
 
 class InLineSwinBlock(nn.Module):
@@ -173,18 +194,29 @@ class InLineSwinBlock(nn.Module):
         self.norm2 = nn.LayerNorm(embed_dims)
         self.mlp = Mlp(embed_dims, int(embed_dims * mlp_ratio))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self,
+                x: torch.Tensor,
+                workspace: Optional[Workspace] = None,
+                inplace: bool = False) -> torch.Tensor:
+        """Args:
+            x (Tensor): (B, H, W, C).
+            workspace (Workspace, optional): Scratch buffers shared by the
+                blocks of one inference forward.
+            inplace (bool): CPU inference may write the output over ``x``.
+        """
         if not residual_fusable(self, self.drop_path):
             x = x + self.drop_path(self.attn(self.norm1(x)))
             return x + self.drop_path(self.mlp(self.norm2(x)))
         inference = onednn_fusable(x)  # CPU inference: chunked, fused
         if inference and self.kind == 'I':
             return inline_block_inference(x, self.norm1, self.attn,
-                                          self.norm2, self.mlp)
+                                          self.norm2, self.mlp,
+                                          out=x if inplace else None,
+                                          workspace=workspace)
         x = self.attn(self.norm1(x), residual=x)
         if inference:
             return mlp_block_inference(x, self.norm2, self.mlp)
-        return self.mlp(self.norm2(x), residual=x)
+        return self.mlp(x, residual=x, norm=self.norm2)
 
 
 class InLineSwinStage(nn.Module):
@@ -245,6 +277,9 @@ class InLineSwin(DenseBackbone):
         init_cfg (dict, optional): ``dict(type='Pretrained',
             checkpoint=PATH)`` loads an official InLine-Swin classification
             checkpoint as released.
+        compile (bool | dict): Run the backbone through ``torch.compile``
+            (a dict is passed as its options). Default: False (eager, with
+            the fused chunked CPU inference path).
 
     Examples:
         >>> import torch
@@ -279,10 +314,12 @@ class InLineSwin(DenseBackbone):
                  norm_eval: bool = False,
                  with_cp: bool = False,
                  pretrained: Optional[str] = None,
-                 init_cfg: Optional[Union[dict, List[dict]]] = None) -> None:
+                 init_cfg: Optional[Union[dict, List[dict]]] = None,
+                 compile: Union[bool, dict] = False) -> None:
         super().__init__(out_indices=out_indices, frozen_stages=frozen_stages,
                          norm_eval=norm_eval, with_cp=with_cp,
-                         pretrained=pretrained, init_cfg=init_cfg)
+                         pretrained=pretrained, init_cfg=init_cfg,
+                         compile=compile)
         self.arch_settings = self._check_arch(arch)
         if kernel_func not in KERNEL_FUNCS:
             raise ValueError(f'InLineSwin: unknown kernel_func '
@@ -355,6 +392,9 @@ class InLineSwin(DenseBackbone):
                 f'H, W), got {tuple(x.shape)}. Convert grayscale images to '
                 f'{self.in_channels} channels (e.g. color_type="color" in '
                 'LoadImageFromFile) or set in_channels.')
+        # inference: blocks write over their input and share scratch buffers
+        inference = onednn_fusable(x)
+        workspace = Workspace() if inference else None
         x = self.patch_embed(x)
         stage_outputs = []
         for stage in self.layers:
@@ -362,7 +402,7 @@ class InLineSwin(DenseBackbone):
                 if self.with_cp and x.requires_grad:
                     x = checkpointed(block, x)
                 else:
-                    x = block(x)
+                    x = block(x, workspace=workspace, inplace=inference)
             stage_outputs.append(x)
             if stage.downsample is not None:
                 x = stage.downsample(x)
@@ -375,9 +415,14 @@ class InLineSwin(DenseBackbone):
             tuple[Tensor]: One (B, C_i, H_i, W_i) map per ``out_indices``.
         """
         stage_outputs = self.forward_stages(x)
-        return tuple(
-            channels_last_to_nchw(getattr(self, f'norm{i}')(stage_outputs[i]))
-            for i in self.out_indices)
+        outs = []
+        for i in self.out_indices:
+            norm = getattr(self, f'norm{i}')
+            if onednn_fusable(stage_outputs[i]):  # chunked, no temporary
+                outs.append(layer_norm_to_nchw(stage_outputs[i], norm))
+            else:
+                outs.append(channels_last_to_nchw(norm(stage_outputs[i])))
+        return tuple(outs)
 
     # ----------------------------------------------------------- init / load
     def _init_from_scratch(self) -> None:

@@ -51,6 +51,9 @@ KERNEL_FUNCS: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 CHUNK_BYTES = 16 << 20
 #: Fewest tokens per chunk (keeps the per-chunk GEMMs efficient).
 MIN_CHUNK_TOKENS = 256
+#: Chunk size of the LayerNorm-only passes (L2-sized: their transposed
+#: writes are strided).
+NORM_CHUNK_BYTES = 2 << 20
 
 
 def channels_last_to_nchw(x: torch.Tensor) -> torch.Tensor:
@@ -309,8 +312,8 @@ class InLineAttention(nn.Module):
             k32, v32 = k.to(dtype), v.to(dtype)
             kv_sum = torch.stack([
                 torch.bmm(
-                    heads_view(k32[i].view(N, C), heads).transpose(1, 2),
-                    heads_view(v32[i].view(N, C), heads)) for i in range(B)
+                    heads_view(k32[i].reshape(N, C), heads).transpose(1, 2),
+                    heads_view(v32[i].reshape(N, C), heads)) for i in range(B)
             ])
             if self.kernel_func == 'identity' and dtype == v.dtype:
                 k_mean, v_mean = projected_means(self, x_mean)
@@ -324,70 +327,136 @@ class InLineAttention(nn.Module):
                 out = dynamic_depthwise_conv3x3(v, kernels).to(dtype) + \
                     v_mean.view(B, 1, 1, C)
             q32 = q.to(dtype)
-            for i in range(B):  # out += q M, in place on the head views
-                heads_view(out[i].view(N, C), heads).baddbmm_(
-                    heads_view(q32[i].view(N, C), heads), matrix[i])
+            if torch.compiler.is_compiling() or torch.jit.is_tracing():
+                # out of place: a compiler picks its own layouts (in-place
+                # updates of strided views do not survive that), and op
+                # counters (tracing) know bmm
+                glob = torch.stack([
+                    torch.bmm(heads_view(q32[i].reshape(N, C), heads),
+                              matrix[i]) for i in range(B)
+                ])  # (B, h, N, d)
+                out = (out.reshape(B, N, heads, -1) +
+                       glob.transpose(1, 2)).reshape(B, H, W, C)
+            else:
+                for i in range(B):  # out += q M, in place on head views
+                    heads_view(out[i].view(N, C), heads).baddbmm_(
+                        heads_view(q32[i].reshape(N, C), heads), matrix[i])
         return linear(out.to(q.dtype), self.proj, residual=residual)
 
 
-def _chunk_tokens(num_tokens: int, width: int, itemsize: int) -> int:
-    """Tokens per chunk: about CHUNK_BYTES of ``width`` channels, at least
-    MIN_CHUNK_TOKENS, balanced so the chunks have (nearly) equal size."""
-    rows = max(MIN_CHUNK_TOKENS, CHUNK_BYTES // max(1, width * itemsize))
+def _chunk_tokens(num_tokens: int,
+                  width: int,
+                  itemsize: int,
+                  chunk_bytes: Optional[int] = None) -> int:
+    """Tokens per chunk: about ``chunk_bytes`` (default CHUNK_BYTES) of
+    ``width`` channels, at least MIN_CHUNK_TOKENS, balanced so the chunks
+    have (nearly) equal size."""
+    chunk_bytes = CHUNK_BYTES if chunk_bytes is None else chunk_bytes
+    rows = max(MIN_CHUNK_TOKENS, chunk_bytes // max(1, width * itemsize))
     chunks = -(-num_tokens // rows)
     return -(-num_tokens // chunks)
 
 
-def inline_block_inference(x: torch.Tensor, norm1: nn.Module,
-                           attn: InLineAttention, norm2: nn.Module,
-                           mlp: nn.Module) -> torch.Tensor:
-    """``x + attn(norm1(x))`` then ``+ mlp(norm2(.))``, token-chunked, for
-    inference (no autograd; drop path must be a no-op).
+def _chunk_rows(height: int, width: int, channels: int,
+                itemsize: int) -> int:
+    """Image rows per chunk (bands of whole rows; see :func:`_chunk_tokens`
+    for ``channels`` per token)."""
+    rows = max(1, _chunk_tokens(height * width, channels, itemsize) // width)
+    bands = -(-height // rows)
+    return -(-height // bands)
 
-    Pass 1 over token chunks: ``norm1``, the projections, the token sums of
-    the normed input, K and V and the per-head ``K^T V`` (float32); q and V
-    are written to full-map buffers. Then the global matrix M, the kernels
-    and the local conv (whose bias is ``mean(V)``) over the whole map. Pass
-    2 over chunks: ``+= q M`` into the conv output, the projection with the
-    residual, ``norm2`` and the MLP with its residual, written back over the
-    (consumed) conv output, which becomes the block output. Only q, V and
-    the conv map are full-size; everything else lives in cache-sized chunks.
+
+class Workspace:
+    """Scratch buffers shared by the blocks of one inference forward.
+
+    On CPU every fresh large tensor is page-faulted in on first touch (and
+    glibc returns blocks above 32 MiB to the OS when they are freed), so a
+    buffer allocated once per forward and reused by every block is much
+    cheaper than a new one per block.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: Dict[str, torch.Tensor] = {}
+
+    def get(self, name: str, shape: Tuple[int, ...],
+            like: torch.Tensor) -> torch.Tensor:
+        """An uninitialised contiguous ``shape`` view of buffer ``name``."""
+        numel = 1
+        for size in shape:
+            numel *= size
+        buffer = self._buffers.get(name)
+        if (buffer is None or buffer.numel() < numel
+                or buffer.dtype != like.dtype
+                or buffer.device != like.device):
+            buffer = like.new_empty(numel)
+            self._buffers[name] = buffer
+        return buffer[:numel].view(shape)
+
+
+def inline_block_inference(x: torch.Tensor,
+                           norm1: nn.Module,
+                           attn: InLineAttention,
+                           norm2: nn.Module,
+                           mlp: nn.Module,
+                           out: Optional[torch.Tensor] = None,
+                           workspace: Optional[Workspace] = None
+                           ) -> torch.Tensor:
+    """``x + attn(norm1(x))`` then ``+ mlp(norm2(.))`` for inference (no
+    autograd; drop path must be a no-op), in bands of image rows.
+
+    Pass 1 over the bands: ``norm1``, the projections, the token sum of the
+    normed input (mean(K) and mean(V) follow from it through the affine
+    projections for the identity kernel map), the per-head ``K^T V``
+    (float32); q and V are written to workspace buffers. Then the global
+    matrix M and the kernels. Pass 2 over the bands: the local conv of the
+    band (plus one halo row each side; ``mean(V)`` is its bias), ``+= q M``
+    in place, the projection with the residual, ``norm2`` and the MLP with
+    its residual, written to ``out``. Everything but q and V lives in
+    cache-sized bands.
 
     Args:
         x (Tensor): (B, H, W, C) block input.
         norm1, norm2 (nn.Module): The block's LayerNorms.
         attn (InLineAttention): The attention.
         mlp (nn.Module): The MLP, called as ``mlp(x, residual=...)``.
+        out (Tensor, optional): Where to write the result; may be ``x``
+            itself (each band is read before it is overwritten). Default: a
+            new tensor.
+        workspace (Workspace, optional): Scratch buffers to reuse.
 
     Returns:
-        Tensor: (B, H, W, C) block output.
+        Tensor: (B, H, W, C) block output (``out``).
     """
+    x = x.contiguous()
     B, H, W, C = x.shape
     N, heads = H * W, attn.num_heads
     hidden = mlp.fc1.out_features if hasattr(mlp, 'fc1') else 4 * C
-    step = _chunk_tokens(N, max(hidden, 3 * C), x.element_size())
-    tokens = x.reshape(B, N, C)
-    values = x.new_empty(B, H, W, C)
-    v_tokens = values.view(B, N, C)
-    queries: List[List[torch.Tensor]] = []
+    rows = _chunk_rows(H, W, max(hidden, 3 * C), x.element_size())
+    workspace = Workspace() if workspace is None else workspace
+    queries = workspace.get('inline_q', (B, N, C), x)
+    values = workspace.get('inline_v', (B, H, W, C), x)
+    out = torch.empty_like(x) if out is None else out
+    tokens, v_tokens, o_tokens = (t.view(B, N, C) for t in (x, values, out))
+    bands = [(r, min(r + rows, H)) for r in range(0, H, rows)]
+
     identity = attn.kernel_func == 'identity'
     x_sum = x.new_zeros(B, C)
     k_sum = None if identity else x.new_zeros(B, C)
     v_sum = None if identity else x.new_zeros(B, C)
     kv_sum = x.new_zeros(B, heads, C // heads, C // heads)
     for i in range(B):
-        queries.append([])
-        for start in range(0, N, step):
-            normed = norm1(tokens[i, start:start + step])
+        for top, bottom in bands:
+            span = slice(top * W, bottom * W)
+            normed = norm1(tokens[i, span])
             x_sum[i] += normed.sum(0)
             q, k, v = project_qkv(attn, normed)
-            queries[i].append(q.contiguous())  # (a slice of qkv for Swin)
             if not identity:
                 k_sum[i] += k.sum(0)
                 v_sum[i] += v.sum(0)
             kv_sum[i].baddbmm_(heads_view(k, heads).transpose(1, 2),
                                heads_view(v, heads))
-            v_tokens[i, start:start + step] = v
+            queries[i, span] = q
+            v_tokens[i, span] = v
     x_mean = x_sum / N
     if identity:
         k_mean, v_mean = projected_means(attn, x_mean)
@@ -395,22 +464,20 @@ def inline_block_inference(x: torch.Tensor, norm1: nn.Module,
         k_mean, v_mean = k_sum / N, v_sum / N
     matrix = global_term_matrix(kv_sum, k_mean, v_mean, N, attn.scale)
     kernels = kernels_from_mean(attn.residual, x_mean)
-    out = x.new_empty(B, H, W, C) if B > 1 else None
+
     for i in range(B):
-        local = dynamic_depthwise_conv3x3(values[i:i + 1], kernels[i:i + 1],
-                                          v_mean[i:i + 1])
-        local = local.view(N, C)
-        result = local if out is None else out[i].view(N, C)
-        for j, start in enumerate(range(0, N, step)):
-            chunk = local[start:start + step]
+        for top, bottom in bands:
+            span = slice(top * W, bottom * W)
+            first, last = max(top - 1, 0), min(bottom + 1, H)
+            local = F.conv2d(
+                values[i:i + 1, first:last].permute(0, 3, 1, 2), kernels[i],
+                v_mean[i], padding=1, groups=C)  # channels-last output
+            local = local.permute(0, 2, 3, 1)[0, top - first:bottom - first]
+            chunk = local.reshape(-1, C)  # a view: whole rows
             heads_view(chunk, heads).baddbmm_(
-                heads_view(queries[i][j], heads), matrix[i])
-            queries[i][j] = None  # free as we go
-            y = linear(chunk, attn.proj,
-                       residual=tokens[i, start:start + step])
-            result[start:start + step] = mlp(norm2(y), residual=y)
-        if out is None:
-            out = local.view(1, H, W, C)
+                heads_view(queries[i, span], heads), matrix[i])
+            y = linear(chunk, attn.proj, residual=tokens[i, span])
+            o_tokens[i, span] = mlp(norm2(y), residual=y)
     return out
 
 
@@ -427,3 +494,32 @@ def mlp_block_inference(x: torch.Tensor, norm: nn.Module,
         chunk = tokens[start:start + step]
         tokens[start:start + step] = mlp(norm(chunk), residual=chunk)
     return x
+
+
+def layer_norm_(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
+    """``norm(x)`` written over ``x`` chunk by chunk (inference: no new
+    full-size tensor); ``x`` must be contiguous and owned by the caller."""
+    C = x.shape[-1]
+    tokens = x.view(-1, C)
+    step = _chunk_tokens(tokens.shape[0], C, x.element_size(),
+                         min(CHUNK_BYTES, NORM_CHUNK_BYTES))
+    for start in range(0, tokens.shape[0], step):
+        tokens[start:start + step] = norm(tokens[start:start + step])
+    return x
+
+
+def layer_norm_to_nchw(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
+    """``norm(x)`` of a (B, H, W, C) map as a contiguous (B, C, H, W)
+    tensor, normalised chunk by chunk and written transposed (inference;
+    one full-size tensor, the output)."""
+    B, H, W, C = x.shape
+    tokens = x.reshape(B, H * W, C)
+    out = x.new_empty(B, C, H, W)
+    planes = out.view(B, C, H * W)
+    step = _chunk_tokens(H * W, C, x.element_size(),
+                         min(CHUNK_BYTES, NORM_CHUNK_BYTES))
+    for i in range(B):
+        for start in range(0, H * W, step):
+            planes[i, :, start:start + step] = norm(
+                tokens[i, start:start + step]).t()
+    return out
