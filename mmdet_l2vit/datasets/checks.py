@@ -25,8 +25,8 @@ DEMO_HINT = (
     'To try the package without the dataset, train and test on the embedded '
     'synthetic data instead: `make demo`, or `python tools/train.py '
     'configs/demo/maskrcnn_l2vit_demo.py` / '
-    '`configs/demo/upernet_l2vit_demo.py` (the data is generated on first '
-    'use).')
+    '`configs/demo/upernet_l2vit_demo.py`, which generate it in data/demo/ '
+    'on first use.')
 LOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
 
 
@@ -35,7 +35,8 @@ class DatasetError(RuntimeError):
 
 
 def _join(root: str, path: str) -> str:
-    return path if not root or osp.isabs(path) else osp.join(root, path)
+    joined = path if not root or osp.isabs(path) else osp.join(root, path)
+    return osp.normpath(joined) if joined else joined
 
 
 def iter_dataset_cfgs(cfg, loaders: Sequence[str] = LOADERS
@@ -94,6 +95,12 @@ def _missing_dataset(cfg, loaders: Sequence[str], what: str) -> DatasetError:
              if _is_seg(first) else 'the dataset')
     overrides = ' '.join(f'{n}.dataset.data_root=DIR'
                          for n in loaders if cfg.get(n))
+    for name in ('val_evaluator', 'test_evaluator'):
+        metric = cfg.get(name)
+        if isinstance(metric, dict) and metric.get('ann_file') and \
+                name.replace('evaluator', 'dataloader') in loaders:
+            overrides += f' {name}.ann_file=FILE'
+
     return DatasetError(
         f'{what}\nThis config expects {known} in this layout (relative to '
         f'the working directory):\n{expected_layout(cfg, loaders)}\n'
@@ -248,8 +255,8 @@ def check_config_data(cfg, loaders: Sequence[str] = LOADERS) -> None:
         prefix: Dict[str, str] = ds.get('data_prefix') or {}
         if root and not osp.isdir(root):
             raise _missing_dataset(
-                cfg, loaders, f'Dataset folder {root}/ (used by {name}) '
-                'does not exist.')
+                cfg, loaders, f'Dataset folder {osp.normpath(root)}/ (used '
+                f'by {name}) does not exist.')
         if _is_seg(ds):
             img_dir = _join(root, prefix['img_path'])
             if not osp.isdir(img_dir):

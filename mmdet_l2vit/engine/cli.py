@@ -137,9 +137,27 @@ def setup_test_cfg(args: argparse.Namespace) -> Config:
     return cfg
 
 
+def ensure_demo_data_for(cfg: Config, loaders: List[str]) -> None:
+    """Generate the synthetic demo data when a config reads it and it is
+    missing (single-process runs; distributed ranks would race)."""
+    from ..datasets.checks import iter_dataset_cfgs
+    from ..datasets.demo_data import DEFAULT_ROOT, ensure_demo_data
+    roots = [str(ds.get('data_root', '')) for _, ds in iter_dataset_cfgs(
+        cfg, loaders)]
+    demo = osp.normpath(DEFAULT_ROOT)
+    if not any(osp.normpath(r).startswith(demo) for r in roots if r):
+        return
+    if cfg.get('launcher', 'none') != 'none':
+        return  # the checks below say how to generate it
+    if ensure_demo_data():
+        print_log(f'generated the synthetic demo data in {demo}/',
+                  logger='current')
+
+
 def preflight(cfg: Config, loaders: List[str], training: bool) -> None:
     """Check data and checkpoints, then prepare CPU distributed runs."""
     from ..datasets.checks import check_config_data
+    ensure_demo_data_for(cfg, loaders)
     check_config_data(cfg, loaders)
     check_checkpoint_paths(cfg, training=training)
     adapt_for_cpu_distributed(cfg)
