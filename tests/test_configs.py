@@ -282,3 +282,21 @@ def test_readme_lists_every_config():
     missing = [s for s in sorted(EXPECTED) + DEMO_CONFIGS
                if f'{s}.py' not in readme]
     assert not missing, f'configs missing from the README: {missing}'
+
+
+def test_model_index_lists_every_config():
+    import yaml
+    index = yaml.safe_load((ROOT / 'model-index.yml').read_text())
+    assert index['Import'] == ['configs/metafile.yml']
+    meta = yaml.safe_load((ROOT / 'configs' / 'metafile.yml').read_text())
+    assert {c['Name'] for c in meta['Collections']} == {'L2ViT', 'InLine'}
+    models = {m['Name']: m for m in meta['Models']}
+    assert sorted(models) == sorted(EXPECTED)
+    for stem, model in models.items():
+        assert model['Config'] == f'configs/{stem}.py'
+        assert model['In Collection'] == (
+            'L2ViT' if EXPECTED[stem]['type'] == 'L2ViT' else 'InLine')
+        assert model['Metadata']['Pretrained'] == EXPECTED[stem]['ckpt']
+        assert model['Metadata']['Batch Size'] == 16
+        # nothing was reproduced: no invented results or weights
+        assert 'Results' not in model and 'Weights' not in model
