@@ -50,8 +50,8 @@ class CheckSegLabels(BaseTransform):
     Without it, a bad value surfaces later as an index error inside the
     loss (or a device-side assert on a GPU) that does not name the file.
 
-    Required keys: ``gt_seg_map``, ``seg_map_path``; optional
-    ``reduce_zero_label``.
+    Keys: ``gt_seg_map`` (without it, e.g. in inference pipelines, the
+    step does nothing), ``seg_map_path``, ``reduce_zero_label``.
 
     Args:
         num_classes (int): Number of classes of the dataset.
@@ -63,7 +63,9 @@ class CheckSegLabels(BaseTransform):
         self.ignore_index = ignore_index
 
     def transform(self, results: Dict) -> Optional[Dict]:
-        seg = results['gt_seg_map']
+        seg = results.get('gt_seg_map')
+        if seg is None:  # inference pipelines drop LoadAnnotations
+            return results
         low, high = int(seg.min()), int(seg.max())
         if low >= 0 and (high < self.num_classes
                          or high == self.ignore_index and np.all(
