@@ -140,6 +140,44 @@ def test_inline_attention_equals_explicit_weights(kernel_func):
     torch.testing.assert_close(out32.double(), reference, rtol=0, atol=1e-5)
 
 
+def test_training_norm_recomputation_matches_plain_autograd():
+    """In training the attention takes its LayerNorm (recomputed in
+    backward, with the token mean for the kernel predictor): same values
+    and gradients as norm-then-attention, for both projection layouts."""
+    from mmdet_l2vit.models.layers.inline_attention import _NormProjectMean
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 3, 6, dtype=torch.float64, requires_grad=True)
+    params = [torch.randn(6, dtype=torch.float64, requires_grad=True),
+              torch.randn(6, dtype=torch.float64, requires_grad=True), 1e-6,
+              torch.randn(9, 6, dtype=torch.float64, requires_grad=True),
+              torch.randn(9, dtype=torch.float64, requires_grad=True)]
+    assert torch.autograd.gradcheck(
+        lambda *a: _NormProjectMean.apply(a[0].reshape(2, 12, 6), *a[1:]),
+        [x] + params)
+    for layout, kernel_func in [('q_kv', 'identity'), ('qkv', 'exp')]:
+        torch.manual_seed(0)
+        attn = InLineAttention(32, 4, qkv_layout=layout,
+                               kernel_func=kernel_func)
+        norm = nn.LayerNorm(32)
+        for module in (attn, norm):
+            for param in module.parameters():
+                nn.init.normal_(param, std=0.3)
+        results = []
+        for fused in (True, False):
+            torch.manual_seed(1)
+            x = torch.randn(2, 5, 7, 32, requires_grad=True)
+            attn.zero_grad()
+            norm.zero_grad()
+            out = attn(x, norm=norm) if fused else attn(norm(x))
+            (out * torch.linspace(-1, 1, 32)).sum().backward()
+            results.append([out.detach(), x.grad] + [
+                p.grad.clone()
+                for p in list(attn.parameters()) + list(norm.parameters())
+            ])
+        for a, b in zip(*results):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
 def test_constant_values_pass_through_global_term():
     """Rows of the implied weights sum to one (no eps): constant V comes out
     unchanged, whatever the queries and keys."""

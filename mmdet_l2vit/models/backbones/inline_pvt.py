@@ -81,14 +81,14 @@ class InLinePVTBlock(nn.Module):
             inplace (bool): CPU inference may write the output over ``x``.
         """
         if not residual_fusable(self, self.drop_path):
-            x = x + self.drop_path(self.attn(self.norm1(x)))
-            return x + self.drop_path(self.mlp(self.norm2(x)))
+            x = x + self.drop_path(self.attn(x, norm=self.norm1))
+            return x + self.drop_path(self.mlp(x, norm=self.norm2))
         if onednn_fusable(x):  # CPU inference: row bands, fused epilogues
             return inline_block_inference(x, self.norm1, self.attn,
                                           self.norm2, self.mlp,
                                           out=x if inplace else None,
                                           workspace=workspace)
-        x = self.attn(self.norm1(x), residual=x)
+        x = self.attn(x, residual=x, norm=self.norm1)
         return self.mlp(x, residual=x, norm=self.norm2)
 
 

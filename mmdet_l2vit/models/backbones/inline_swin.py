@@ -13,7 +13,7 @@ from ...checkpoint import ConvertedStateDict, match_any
 from ...registry import register_into_toolboxes
 from ..layers.common import (Mlp, build_drop_path, checkpointed,
                              drop_path_rates, residual_fusable)
-from ..layers.fused import linear, onednn_fusable
+from ..layers.fused import layer_norm_linear, linear, onednn_fusable
 from ..layers.inline_attention import (KERNEL_FUNCS, InLineAttention,
                                        Workspace, _chunk_rows,
                                        channels_last_to_nchw,
@@ -138,8 +138,9 @@ class PatchMerging(nn.Module):
         if H % 2 or W % 2:
             x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))
             H, W = H + H % 2, W + W % 2
-        if not onednn_fusable(x):
-            return linear(self.norm(self._gather(x)), self.reduction)
+        if not onednn_fusable(x):  # (training: the norm is recomputed)
+            return layer_norm_linear(self._gather(x), self.norm,
+                                     self.reduction)
         # inference: gather, normalise and reduce bands of output rows
         out = x.new_empty(B, H // 2, W // 2, self.reduction.out_features)
         rows = _chunk_rows(H // 2, W // 2, 4 * C, x.element_size())
@@ -205,15 +206,21 @@ class InLineSwinBlock(nn.Module):
             inplace (bool): CPU inference may write the output over ``x``.
         """
         if not residual_fusable(self, self.drop_path):
-            x = x + self.drop_path(self.attn(self.norm1(x)))
-            return x + self.drop_path(self.mlp(self.norm2(x)))
+            if self.kind == 'I':
+                x = x + self.drop_path(self.attn(x, norm=self.norm1))
+            else:
+                x = x + self.drop_path(self.attn(self.norm1(x)))
+            return x + self.drop_path(self.mlp(x, norm=self.norm2))
         inference = onednn_fusable(x)  # CPU inference: chunked, fused
         if inference and self.kind == 'I':
             return inline_block_inference(x, self.norm1, self.attn,
                                           self.norm2, self.mlp,
                                           out=x if inplace else None,
                                           workspace=workspace)
-        x = self.attn(self.norm1(x), residual=x)
+        if self.kind == 'I':
+            x = self.attn(x, residual=x, norm=self.norm1)
+        else:
+            x = self.attn(self.norm1(x), residual=x)
         if inference:
             return mlp_block_inference(x, self.norm2, self.mlp)
         return self.mlp(x, residual=x, norm=self.norm2)

@@ -247,6 +247,58 @@ def project_qkv(attn: 'InLineAttention', x: torch.Tensor
     return q, k, v
 
 
+class _NormProjectMean(torch.autograd.Function):
+    """``(layer_norm(x) W^T + b, token mean of layer_norm(x))`` for (B, N, C)
+    inputs, saving ``x`` and the LayerNorm statistics but not the normalised
+    tensor, which backward recomputes (one cheap pass): the attention's
+    training activations lose one (N, C) tensor per block."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, norm_weight: torch.Tensor,
+                norm_bias: torch.Tensor, eps: float, weight: torch.Tensor,
+                bias: Optional[torch.Tensor]
+                ) -> Tuple[torch.Tensor, torch.Tensor]:
+        shape = (x.shape[-1], )
+        normed, mean, rstd = torch.native_layer_norm(x, shape, norm_weight,
+                                                     norm_bias, eps)
+        ctx.save_for_backward(x, mean, rstd, norm_weight, norm_bias, weight)
+        ctx.eps, ctx.has_bias = eps, bias is not None
+        return F.linear(normed, weight, bias), normed.mean(1)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor, grad_mean: torch.Tensor):
+        x, mean, rstd, norm_weight, norm_bias, weight = ctx.saved_tensors
+        B, N, C = x.shape
+        grad_weight = grad_bias = None
+        if ctx.needs_input_grad[4]:
+            normed = torch.native_layer_norm(x, (C, ), norm_weight,
+                                             norm_bias, ctx.eps)[0]
+            grad_weight = grad_out.reshape(-1, grad_out.shape[-1]).t() @ \
+                normed.reshape(-1, C)
+        if ctx.has_bias and ctx.needs_input_grad[5]:
+            grad_bias = grad_out.sum((0, 1))
+        grad_normed = grad_out @ weight
+        if grad_mean is not None:
+            grad_normed.add_((grad_mean / N).unsqueeze(1))
+        grad_x, grad_norm_weight, grad_norm_bias = \
+            torch.ops.aten.native_layer_norm_backward(
+                grad_normed, x, (C, ), mean, rstd, norm_weight, norm_bias,
+                [ctx.needs_input_grad[0], ctx.needs_input_grad[1],
+                 ctx.needs_input_grad[2]])
+        return (grad_x, grad_norm_weight, grad_norm_bias, None, grad_weight,
+                grad_bias)
+
+
+def _recomputable_norm(x: torch.Tensor, norm: nn.Module) -> bool:
+    """Whether :class:`_NormProjectMean` may serve ``norm`` on ``x``."""
+    return (torch.is_grad_enabled() and x.dtype == torch.float32
+            and not torch.is_autocast_enabled(x.device.type)
+            and not torch.jit.is_tracing()
+            and isinstance(norm, nn.LayerNorm) and norm.elementwise_affine
+            and norm.bias is not None
+            and tuple(norm.normalized_shape) == (x.shape[-1], ))
+
+
 class InLineAttention(nn.Module):
     """InLine attention over the whole (B, H, W, C) map.
 
@@ -291,23 +343,48 @@ class InLineAttention(nn.Module):
         self.proj = nn.Linear(embed_dims, embed_dims)
         self.residual = build_kernel_predictor(embed_dims, num_heads)
 
+    def _qkv_weights(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The (3C, C) q/k/v projection (q, k, v row blocks) and its bias."""
+        if self.qkv_layout == 'qkv':
+            return self.qkv.weight, self.qkv.bias
+        bias = None if self.q.bias is None else torch.cat(
+            [self.q.bias, self.kv.bias])
+        return torch.cat([self.q.weight, self.kv.weight]), bias
+
     def forward(self,
                 x: torch.Tensor,
-                residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+                residual: Optional[torch.Tensor] = None,
+                norm: Optional[nn.Module] = None) -> torch.Tensor:
         """Args:
-            x (Tensor): (B, H, W, C), already normalised.
+            x (Tensor): (B, H, W, C), already normalised unless ``norm``.
             residual (Tensor, optional): (B, H, W, C) added to the output
                 (the block's skip connection, fused into the projection).
+            norm (nn.LayerNorm, optional): Pre-norm applied to ``x`` first
+                (in training it is recomputed in backward, not stored).
 
         Returns:
             Tensor: (B, H, W, C).
         """
         B, H, W, C = x.shape
         N, heads = H * W, self.num_heads
-        q, k, v = project_qkv(self, x)
+        x_mean = None
+        if norm is not None and _recomputable_norm(x, norm):
+            weight, bias = self._qkv_weights()
+            qkv, x_mean = _NormProjectMean.apply(
+                x.reshape(B, N, C), norm.weight, norm.bias, norm.eps,
+                weight, bias)
+            q, k, v = qkv.view(B, H, W, 3 * C).split(C, dim=-1)
+            if self.kernel_func != 'identity':
+                phi = KERNEL_FUNCS[self.kernel_func]
+                q, k = phi(q), phi(k)
+        else:
+            if norm is not None:
+                x = norm(x)
+            q, k, v = project_qkv(self, x)
         dtype = _reduction_dtype(q.dtype)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            x_mean = x.to(dtype).mean(dim=(1, 2))
+            if x_mean is None:
+                x_mean = x.to(dtype).mean(dim=(1, 2))
             kernels = kernels_from_mean(self.residual, x_mean)
             k32, v32 = k.to(dtype), v.to(dtype)
             kv_sum = torch.stack([
