@@ -22,7 +22,15 @@ model = dict(
         arch=dict(_delete_=True, embed_dims=dims, depths=[2, 2, 2, 2],
                   num_heads=[1, 2, 4, 8]),
         drop_path_rate=0.0),
-    decode_head=dict(in_channels=dims, channels=64, num_classes=num_classes),
+    # Shapes cover ~14% of the pixels: a Dice term (balanced over classes)
+    # next to cross-entropy makes the per-pixel shape classes learnable in a
+    # few CPU minutes.
+    decode_head=dict(
+        in_channels=dims, channels=64, num_classes=num_classes,
+        loss_decode=[
+            dict(type='CrossEntropyLoss', loss_weight=1.0),
+            dict(type='DiceLoss', use_sigmoid=False, loss_weight=1.0)
+        ]),
     auxiliary_head=dict(in_channels=dims[2], channels=32,
                         num_classes=num_classes))
 
@@ -67,14 +75,14 @@ test_dataloader = val_dataloader
 val_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU'])
 test_evaluator = val_evaluator
 
-max_iters = 800
+max_iters = 1000
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters,
                  val_interval=max_iters)
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
 optim_wrapper = dict(
     type='OptimWrapper',
-    optimizer=dict(type='AdamW', lr=1e-3, betas=(0.9, 0.999),
+    optimizer=dict(type='AdamW', lr=1.5e-3, betas=(0.9, 0.999), fused=True,
                    weight_decay=0.05),
     clip_grad=dict(max_norm=10.0))
 param_scheduler = [

@@ -134,6 +134,9 @@ def setup_test_cfg(args: argparse.Namespace) -> Config:
     if args.out is not None and scope == 'mmseg':
         cfg.test_evaluator['output_dir'] = args.out
         cfg.test_evaluator['keep_results'] = True
+    elif args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
+        raise ValueError('--out must be a .pkl or .pickle file for '
+                         'detection configs')
     return cfg
 
 
@@ -173,7 +176,7 @@ def build_runner(cfg: Config):
     return Runner.from_cfg(cfg)
 
 
-def format_metrics(metrics: Dict[str, float], scope: str) -> str:
+def format_metrics(metrics: Dict[str, float]) -> str:
     """One line per task: box AP / mask AP (COCO) or mIoU (mmseg)."""
     lines = []
     for task, label in (('bbox', 'box'), ('segm', 'mask')):
@@ -213,7 +216,8 @@ def train(argv: Optional[List[str]] = None) -> int:
 
 
 def test(argv: Optional[List[str]] = None) -> int:
-    """Entry point of ``tools/test.py``; prints and returns the metrics."""
+    """Entry point of ``tools/test.py``: prints the metrics (and writes
+    them to ``--metrics-json``); returns the exit status."""
     from ..datasets.checks import DatasetError
     args = test_parser().parse_args(argv)
     try:
@@ -224,15 +228,13 @@ def test(argv: Optional[List[str]] = None) -> int:
     scope = cfg.get('default_scope', 'mmdet')
     runner = build_runner(cfg)
     if args.out is not None and scope != 'mmseg':
-        if not args.out.endswith(('.pkl', '.pickle')):
-            return _fail(ValueError('--out must end with .pkl or .pickle'))
         from mmdet.evaluation import DumpDetResults
         runner.test_evaluator.metrics.append(
             DumpDetResults(out_file_path=args.out))
     metrics = runner.test()
     if runner.rank == 0:
         print(f'\nTest results ({osp.basename(args.config)}, '
-              f'{args.checkpoint}):\n{format_metrics(metrics, scope)}')
+              f'{args.checkpoint}):\n{format_metrics(metrics)}')
         if args.metrics_json:
             with open(args.metrics_json, 'w') as f:
                 json.dump({k: float(v) for k, v in metrics.items()
