@@ -13,6 +13,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .demo_data import DEFAULT_ROOT
 from .transforms import LabelMapError, check_label_values
 
 #: Annotation files up to this size are parsed in full (COCO val2017: 25MB);
@@ -82,17 +83,25 @@ def expected_layout(cfg, loaders: Sequence[str] = LOADERS) -> str:
                              f'COCO instances JSON  [{name}]')
             img = prefix.get('img', prefix.get('img_path', ''))
             lines.append(f'  {_join(root, img)}/  the images it lists')
-    seen = set()
-    return '\n'.join(x for x in lines if not (x in seen or seen.add(x)))
+    return '\n'.join(dict.fromkeys(lines))  # unique, in order
 
 
 def _missing_dataset(cfg, loaders: Sequence[str], what: str) -> DatasetError:
     first = next(iter_dataset_cfgs(cfg, loaders), (None, {}))[1]
-    known = ('COCO 2017 (https://cocodataset.org)'
-             if 'coco' in str(first.get('data_root', '')).lower() else
-             'ADE20K (ADEChallengeData2016, '
-             'http://sceneparsing.csail.mit.edu)'
-             if _is_seg(first) else 'the dataset')
+    root = osp.normpath(str(first.get('data_root') or '.'))
+    hint = DEMO_HINT
+    if root.startswith(osp.normpath(DEFAULT_ROOT)):
+        known = ('the synthetic demo data (write it with `python '
+                 'tools/generate_demo_data.py`)')
+        hint = ''
+    elif 'coco' in root.lower():
+        known = 'COCO 2017 (https://cocodataset.org)'
+    elif _is_seg(first):
+        known = ('ADE20K (ADEChallengeData2016, '
+                 'http://sceneparsing.csail.mit.edu)')
+    else:
+        known = 'the dataset'
+
     overrides = ' '.join(f'{n}.dataset.data_root=DIR'
                          for n in loaders if cfg.get(n))
     for name in ('val_evaluator', 'test_evaluator'):
@@ -105,7 +114,7 @@ def _missing_dataset(cfg, loaders: Sequence[str], what: str) -> DatasetError:
         f'{what}\nThis config expects {known} in this layout (relative to '
         f'the working directory):\n{expected_layout(cfg, loaders)}\n'
         'Put the data (or a symlink) there, or point the config elsewhere '
-        f'with --cfg-options {overrides}.\n{DEMO_HINT}')
+        f'with --cfg-options {overrides}.\n{hint}'.rstrip())
 
 
 def load_coco_json(ann_file: str) -> dict:

@@ -66,8 +66,9 @@ def test_parser() -> argparse.ArgumentParser:
     parser.add_argument('--show', action='store_true',
                         help='show prediction results in a window')
     parser.add_argument(
-        '--show-dir', help='save painted predictions in this directory '
-        '(relative paths are placed under work_dir/<timestamp>/)')
+        '--show-dir', help='save painted predictions in this directory; '
+        'a relative one is placed in the work dir (mmdet: '
+        'work_dir/<timestamp>/DIR, mmseg: work_dir/DIR/vis_data/vis_image)')
     parser.add_argument('--wait-time', type=float, default=2,
                         help='the interval of --show (s)')
     parser.add_argument('--metrics-json',
