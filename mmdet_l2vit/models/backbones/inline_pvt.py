@@ -15,7 +15,8 @@ from ..layers.common import (Mlp, build_drop_path, checkpointed,
 from ..layers.fused import onednn_fusable
 from ..layers.inline_attention import (KERNEL_FUNCS, InLineAttention,
                                        Workspace, channels_last_to_nchw,
-                                       inline_block_inference, layer_norm_)
+                                       inline_block_inference, layer_norm_,
+                                       layer_norm_to_nchw)
 from .base import DenseBackbone, check_stage_lists, resolve_arch
 
 
@@ -313,6 +314,9 @@ class InLinePVT(DenseBackbone):
         outs = []
         for i in self.out_indices:
             out = stage_outputs[i]
+            if self.out_norms and onednn_fusable(out):  # chunked
+                outs.append(layer_norm_to_nchw(out, getattr(self, f'norm{i}')))
+                continue
             if self.out_norms:
                 out = getattr(self, f'norm{i}')(out)
             outs.append(channels_last_to_nchw(out))

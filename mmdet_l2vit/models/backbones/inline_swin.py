@@ -15,7 +15,7 @@ from ..layers.common import (Mlp, build_drop_path, checkpointed,
                              drop_path_rates, residual_fusable)
 from ..layers.fused import layer_norm_linear, linear, onednn_fusable
 from ..layers.inline_attention import (KERNEL_FUNCS, InLineAttention,
-                                       Workspace, _chunk_rows,
+                                       Workspace, chunk_rows,
                                        channels_last_to_nchw,
                                        inline_block_inference, layer_norm_,
                                        layer_norm_to_nchw,
@@ -143,7 +143,7 @@ class PatchMerging(nn.Module):
                                      self.reduction)
         # inference: gather, normalise and reduce bands of output rows
         out = x.new_empty(B, H // 2, W // 2, self.reduction.out_features)
-        rows = _chunk_rows(H // 2, W // 2, 4 * C, x.element_size())
+        rows = chunk_rows(H // 2, W // 2, 4 * C, x.element_size())
         for top in range(0, H // 2, rows):
             bottom = min(top + rows, H // 2)
             out[:, top:bottom] = linear(

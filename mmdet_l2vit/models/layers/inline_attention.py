@@ -30,7 +30,7 @@ fp16/bf16 autocast. Parameter names follow the official code: PVT blocks
 have ``q`` and ``kv``, Swin blocks ``qkv``; both have ``proj`` and
 ``residual.{0,2}``.
 """
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -434,7 +434,7 @@ def _chunk_tokens(num_tokens: int,
     return -(-num_tokens // chunks)
 
 
-def _chunk_rows(height: int, width: int, channels: int,
+def chunk_rows(height: int, width: int, channels: int,
                 itemsize: int) -> int:
     """Image rows per chunk (bands of whole rows; see :func:`_chunk_tokens`
     for ``channels`` per token)."""
@@ -508,11 +508,12 @@ def inline_block_inference(x: torch.Tensor,
     B, H, W, C = x.shape
     N, heads = H * W, attn.num_heads
     hidden = mlp.fc1.out_features if hasattr(mlp, 'fc1') else 4 * C
-    rows = _chunk_rows(H, W, max(hidden, 3 * C), x.element_size())
+    rows = chunk_rows(H, W, max(hidden, 3 * C), x.element_size())
     workspace = Workspace() if workspace is None else workspace
     queries = workspace.get('inline_q', (B, N, C), x)
     values = workspace.get('inline_v', (B, H, W, C), x)
-    out = torch.empty_like(x) if out is None else out
+    if out is None or not out.is_contiguous() or out.shape != x.shape:
+        out = torch.empty_like(x)
     tokens, v_tokens, o_tokens = (t.view(B, N, C) for t in (x, values, out))
     bands = [(r, min(r + rows, H)) for r in range(0, H, rows)]
 

@@ -202,10 +202,12 @@ class SwinWindowAttention(nn.Module):
         # -> (3, B * nW, heads, ws * ws, head_dims)
         q, k, v = qkv.permute(5, 0, 1, 3, 6, 2, 4, 7).reshape(
             3, B * nh * nw, heads, ws * ws, C // heads)
-        bias = self._bias()  # (h, N, N), broadcast over windows
+        # 4-D masks (1 or B * nW, h, N, N): a 3-D one would send CPU SDPA
+        # to its unfused math path
+        bias = self._bias().unsqueeze(0)  # broadcast over windows
         if shift:
             mask = shifted_window_mask(Hp, Wp, ws, shift, device=x.device)
-            bias = bias.unsqueeze(0) + mask.unsqueeze(1)  # (nW, h, N, N)
+            bias = bias + mask.unsqueeze(1)  # (nW, h, N, N)
             if B > 1:
                 bias = bias.repeat(B, 1, 1, 1)
         out = F.scaled_dot_product_attention(
