@@ -19,11 +19,15 @@ directly, so there is no head split/merge copy; ``mean(V)`` is the bias of
 the local conv, whose output ``q M`` is then accumulated into in place, and
 the output projection can take the block's residual in its epilogue.
 
-For CPU float32 inference (no grad, no autocast, no tracing) a whole InLine
-block runs token-chunked (:func:`inline_block_inference`): LayerNorm, the
-projections, the reductions, the MLP and the residuals work on chunks that
-stay in cache, and only q, V and the local-conv map are ever materialised
-for the whole map. Results equal the plain path up to float32 rounding.
+For CPU float32 inference (no grad, no autocast, no tracing or compiling)
+a whole InLine block runs in bands of image rows
+(:func:`inline_block_inference`): LayerNorm, the projections, the
+reductions, the local conv, the MLP and the residuals work on bands that
+stay in cache; only q and V are materialised for the whole map, in scratch
+buffers shared by the blocks of one forward (:class:`Workspace`), and the
+backbones let the block write its output over its input. Results equal the
+plain path up to float32 rounding. In training the attention takes its
+LayerNorm and recomputes it in backward (:class:`_NormProjectMean`).
 
 The reductions over all tokens and ``q M`` run in float32 even under
 fp16/bf16 autocast. Parameter names follow the official code: PVT blocks
@@ -47,10 +51,15 @@ KERNEL_FUNCS: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 #: Working-set target of one token chunk in :func:`inline_block_inference`
-#: (bytes of the widest per-chunk activation, the MLP hidden layer).
+#: per intra-op thread (bytes of the widest per-chunk activation, the MLP
+#: hidden layer): each thread works on about this much, and more threads
+#: get fewer, larger chunks (every chunk op ends in a thread barrier).
 CHUNK_BYTES = 16 << 20
 #: Fewest tokens per chunk (keeps the per-chunk GEMMs efficient).
 MIN_CHUNK_TOKENS = 256
+#: From this many heads on, the banded inference keeps q head-major (see
+#: :func:`inline_block_inference`).
+HEAD_MAJOR_MIN_HEADS = 6
 #: Chunk size of the LayerNorm-only passes (L2-sized: their transposed
 #: writes are strided).
 NORM_CHUNK_BYTES = 2 << 20
@@ -425,10 +434,11 @@ def _chunk_tokens(num_tokens: int,
                   width: int,
                   itemsize: int,
                   chunk_bytes: Optional[int] = None) -> int:
-    """Tokens per chunk: about ``chunk_bytes`` (default CHUNK_BYTES) of
-    ``width`` channels, at least MIN_CHUNK_TOKENS, balanced so the chunks
-    have (nearly) equal size."""
-    chunk_bytes = CHUNK_BYTES if chunk_bytes is None else chunk_bytes
+    """Tokens per chunk: about ``chunk_bytes`` (default CHUNK_BYTES per
+    intra-op thread) of ``width`` channels, at least MIN_CHUNK_TOKENS,
+    balanced so the chunks have (nearly) equal size."""
+    if chunk_bytes is None:
+        chunk_bytes = CHUNK_BYTES * max(1, torch.get_num_threads())
     rows = max(MIN_CHUNK_TOKENS, chunk_bytes // max(1, width * itemsize))
     chunks = -(-num_tokens // rows)
     return -(-num_tokens // chunks)
@@ -510,7 +520,12 @@ def inline_block_inference(x: torch.Tensor,
     hidden = mlp.fc1.out_features if hasattr(mlp, 'fc1') else 4 * C
     rows = chunk_rows(H, W, max(hidden, 3 * C), x.element_size())
     workspace = Workspace() if workspace is None else workspace
-    queries = workspace.get('inline_q', (B, N, C), x)
+    # Many heads: q is kept head-major and the per-head products run as one
+    # batched GEMM each (a few large ops rather than 2 h small ones: fewer
+    # thread synchronisations); few heads: strided head views, no copies.
+    head_major = heads >= HEAD_MAJOR_MIN_HEADS
+    queries = workspace.get('inline_q', (B, heads, N, C // heads) if
+                            head_major else (B, N, C), x)
     values = workspace.get('inline_v', (B, H, W, C), x)
     if out is None or not out.is_contiguous() or out.shape != x.shape:
         out = torch.empty_like(x)
@@ -531,9 +546,15 @@ def inline_block_inference(x: torch.Tensor,
             if not identity:
                 k_sum[i] += k.sum(0)
                 v_sum[i] += v.sum(0)
-            kv_sum[i].baddbmm_(heads_view(k, heads).transpose(1, 2),
-                               heads_view(v, heads))
-            queries[i, span] = q
+            k, q_heads = heads_view(k, heads), heads_view(q, heads)
+            if head_major:
+                k = k.contiguous()
+                queries[i, :, span] = q_heads
+                kv_sum[i].baddbmm_(k.transpose(1, 2),
+                                   heads_view(v, heads).contiguous())
+            else:
+                queries[i, span] = q
+                kv_sum[i].baddbmm_(k.transpose(1, 2), heads_view(v, heads))
             v_tokens[i, span] = v
     x_mean = x_sum / N
     if identity:
@@ -552,8 +573,12 @@ def inline_block_inference(x: torch.Tensor,
                 v_mean[i], padding=1, groups=C)  # channels-last output
             local = local.permute(0, 2, 3, 1)[0, top - first:bottom - first]
             chunk = local.reshape(-1, C)  # a view: whole rows
-            heads_view(chunk, heads).baddbmm_(
-                heads_view(queries[i, span], heads), matrix[i])
+            if head_major:  # (h, n, d) contiguous items: one batched GEMM
+                glob = torch.bmm(queries[i, :, span], matrix[i])
+                chunk.view(-1, heads, C // heads).add_(glob.transpose(0, 1))
+            else:
+                heads_view(chunk, heads).baddbmm_(
+                    heads_view(queries[i, span], heads), matrix[i])
             y = linear(chunk, attn.proj, residual=tokens[i, span])
             o_tokens[i, span] = mlp(norm2(y), residual=y)
     return out
