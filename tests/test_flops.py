@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmdet_l2vit import L2ViT
+from mmdet_l2vit import InLinePVT, InLineSwin, L2ViT
 from mmdet_l2vit.analysis.flops import count_macs
 
 
@@ -32,3 +32,12 @@ def test_l2vit_macs_match_published(arch, shape, published):
     # window 12 (base-384) is what reproduces the published 47.5G
     if arch == 'base-384':
         assert breakdown['stages.0'] > 0
+
+
+@pytest.mark.parametrize('backbone, published', [
+    (InLinePVT, 2.0e9),
+    (InLineSwin, 4.5e9),
+])
+def test_inline_tiny_macs_match_published(backbone, published):
+    total, _ = count_macs(backbone(arch='tiny'), (224, 224))
+    assert abs(total - published) / published < 0.02, total
