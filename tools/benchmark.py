@@ -3,8 +3,10 @@
 For each resolution, every model is timed in the same process, interleaved
 round by round (forward under no_grad, then forward+backward); median and
 spread are reported, with achieved GFLOP/s next to a large ``torch.mm`` on
-the same threads. Peak memory is measured per case in a fresh subprocess
-(CPU: growth of peak RSS during one iteration; CUDA: max_memory_allocated).
+the same threads. Peak memory is measured per case in fresh subprocesses:
+the peak of tensor memory allocated by one iteration (CUDA:
+max_memory_allocated; CPU: live tensor storages counted at the ATen level)
+and, on CPU, the growth of peak RSS during one iteration.
 
 Example (the table in docs/benchmarks.md):
     python tools/benchmark.py --threads 2 --repeats 5 \
@@ -114,7 +116,7 @@ def print_table(report: Dict[str, Any]) -> None:
           f"{report['mm_gflops_per_s']:.1f} GFLOP/s")
     header = (f"{'model':<18} {'size':>10} {'mode':>7} {'median ms':>10} "
               f"{'min-max ms':>17} {'GFLOP/s':>8} {'% mm':>5} "
-              f"{'peak MiB':>9}")
+              f"{'peak MiB':>9} {'RSS MiB':>8}")
     print(header)
     print('-' * len(header))
     for row in report['results']:
@@ -126,9 +128,11 @@ def print_table(report: Dict[str, Any]) -> None:
                  if gflops else ' ' * 5)
         memory = (f"{row['peak_bytes'] / 2**20:9.0f}"
                   if 'peak_bytes' in row else ' ' * 9)
+        rss = (f"{row['rss_peak_bytes'] / 2**20:8.0f}"
+               if 'rss_peak_bytes' in row else ' ' * 8)
         print(f"{row['model']:<18} {size:>10} {row['mode']:>7} "
               f"{row['median_s'] * 1e3:10.1f} {spread:>17} {rate} {share} "
-              f'{memory}')
+              f'{memory} {rss}')
 
 
 def cpu_name() -> str:
@@ -152,7 +156,7 @@ def markdown(report: Dict[str, Any]) -> str:
         f"{report['batch']}, torch {report['torch']}; large `torch.mm`: "
         f"{report['mm_gflops_per_s']:.1f} GFLOP/s", '',
         '| model | size | mode | median ms | min-max ms | GFLOP/s | % of mm '
-        '| peak MiB |', '|---|---|---|---|---|---|---|---|'
+        '| peak MiB | RSS MiB |', '|---|---|---|---|---|---|---|---|---|'
     ]
     for row in report['results']:
         gflops = row.get('gflops_per_s')
@@ -164,7 +168,9 @@ def markdown(report: Dict[str, Any]) -> str:
                f"{100 * gflops / report['mm_gflops_per_s']:.0f}% | "
                if gflops else ' | | ') +
             (f"{row['peak_bytes'] / 2**20:.0f} |"
-             if 'peak_bytes' in row else ' |'))
+             if 'peak_bytes' in row else ' |') +
+            (f" {row['rss_peak_bytes'] / 2**20:.0f} |"
+             if 'rss_peak_bytes' in row else ' |'))
     return '\n'.join(lines) + '\n'
 
 
@@ -175,7 +181,8 @@ def plot(report: Dict[str, Any], path: str) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 5))
     for ax, key, label in ((axes[0], 'median_s', 'time (s)'),
-                           (axes[1], 'peak_bytes', 'peak memory (bytes)')):
+                           (axes[1], 'peak_bytes',
+                            'peak tensor memory (bytes)')):
         for (name, mode) in sorted({(r['model'], r['mode'])
                                     for r in report['results']}):
             rows = [r for r in report['results'] if r['model'] == name

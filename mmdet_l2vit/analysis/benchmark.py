@@ -4,9 +4,12 @@ Timing runs every model of a resolution in one process, interleaved: each
 repeat round times every model once, in turn, so slow drifts of the machine
 (thermal, other load) hit all models alike. Peak memory is measured per case
 in a fresh subprocess: on CUDA ``torch.cuda.max_memory_allocated`` (tensors
-only); on CPU the growth of the process's peak resident set during one
-iteration (``VmHWM`` after resetting it through ``/proc/self/clear_refs``),
-which counts everything the iteration touched, allocator caching included.
+only); on CPU the peak of live tensor storages created by one iteration
+(:class:`~mmdet_l2vit.analysis.live_memory.LiveTensorPeak`, the same quantity)
+and, reported beside it, the growth of the process's peak resident set during
+one iteration (``VmHWM`` after resetting it through
+``/proc/self/clear_refs``), which counts everything the iteration touched,
+allocator heap slack included.
 """
 import json
 import statistics
@@ -17,6 +20,8 @@ from typing import Any, Callable, Dict, List, NamedTuple, Sequence, Tuple
 
 import torch
 from torch import nn
+
+from .live_memory import LiveTensorPeak
 
 #: name -> (toolbox type, constructor kwargs)
 MODEL_SPECS: Dict[str, Tuple[str, Dict[str, Any]]] = {
@@ -160,8 +165,12 @@ def measure_peak_memory_here(name: str, size: Tuple[int, int], batch: int,
     with open('/proc/self/clear_refs', 'w') as f:
         f.write('5')  # reset VmHWM (peak RSS) to the current RSS
     step()
-    return dict(peak_bytes=_read_status('VmHWM') - base,
-                what='growth of peak RSS during one iteration')
+    rss_peak = _read_status('VmHWM') - base
+    with LiveTensorPeak() as tracker:
+        step()
+    return dict(peak_bytes=tracker.peak_bytes, rss_peak_bytes=rss_peak,
+                what='peak of live tensor storages during one iteration; '
+                'rss: growth of peak RSS during one iteration')
 
 
 def measure_peak_memory(name: str, size: Tuple[int, int], batch: int,
@@ -176,8 +185,10 @@ def measure_peak_memory(name: str, size: Tuple[int, int], batch: int,
         for _ in range(repeats)
     ]
     result = dict(runs[0])
-    result['peak_bytes_runs'] = [r['peak_bytes'] for r in runs]
-    result['peak_bytes'] = statistics.median(result['peak_bytes_runs'])
+    for key in ('peak_bytes', 'rss_peak_bytes'):
+        if key in result:
+            result[key + '_runs'] = [r[key] for r in runs]
+            result[key] = statistics.median(result[key + '_runs'])
     return result
 
 
