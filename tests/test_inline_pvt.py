@@ -282,9 +282,9 @@ def test_chunked_inference_equals_autograd_path(monkeypatch, kernel_func,
                                                 batch, hw):
     """CPU inference runs each block token-chunked with fused epilogues;
     it must equal the plain (autograd) evaluation."""
-    from mmdet_l2vit.models.layers import inline_attention
-    monkeypatch.setattr(inline_attention, 'CHUNK_BYTES', 1)
-    monkeypatch.setattr(inline_attention, 'MIN_CHUNK_TOKENS', 100)
+    from mmdet_l2vit.models.layers import chunked
+    monkeypatch.setattr(chunked, 'CHUNK_BYTES', 1)
+    monkeypatch.setattr(chunked, 'MIN_CHUNK_TOKENS', 100)
     model = random_model(kernel_func=kernel_func, out_norms=True)
     x = torch.randn(batch, 3, *hw)
     with torch.no_grad():

@@ -13,10 +13,10 @@ from ...registry import register_into_toolboxes
 from ..layers.common import (Mlp, build_drop_path, checkpointed,
                              drop_path_rates, residual_fusable)
 from ..layers.fused import onednn_fusable
+from ..layers.chunked import (Workspace, channels_last_to_nchw, layer_norm_,
+                              layer_norm_to_nchw)
 from ..layers.inline_attention import (KERNEL_FUNCS, InLineAttention,
-                                       Workspace, channels_last_to_nchw,
-                                       inline_block_inference, layer_norm_,
-                                       layer_norm_to_nchw)
+                                       inline_block_inference)
 from .base import DenseBackbone, check_stage_lists, resolve_arch
 
 

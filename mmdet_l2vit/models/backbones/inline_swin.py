@@ -14,12 +14,11 @@ from ...registry import register_into_toolboxes
 from ..layers.common import (Mlp, build_drop_path, checkpointed,
                              drop_path_rates, residual_fusable)
 from ..layers.fused import layer_norm_linear, linear, onednn_fusable
+from ..layers.chunked import (Workspace, channels_last_to_nchw, chunk_rows,
+                              layer_norm_, layer_norm_to_nchw,
+                              mlp_block_inference)
 from ..layers.inline_attention import (KERNEL_FUNCS, InLineAttention,
-                                       Workspace, chunk_rows,
-                                       channels_last_to_nchw,
-                                       inline_block_inference, layer_norm_,
-                                       layer_norm_to_nchw,
-                                       mlp_block_inference)
+                                       inline_block_inference)
 from ..layers.swin_window_attention import (
     SwinWindowAttention, resize_relative_position_bias_table)
 from .base import DenseBackbone, check_stage_lists, resolve_arch
