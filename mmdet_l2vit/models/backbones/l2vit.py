@@ -10,7 +10,10 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...checkpoint import ConvertedStateDict, match_any
 from ...registry import register_into_toolboxes
+from ..layers.chunked import (Workspace, channels_last_to_nchw,
+                              layer_norm_to_nchw)
 from ..layers.common import checkpointed, drop_path_rates
+from ..layers.fused import onednn_fusable
 from ..layers.l2vit_blocks import Downsample, LGABlock, LWABlock, StemEmbed
 from .base import DenseBackbone, check_stage_lists, resolve_arch
 
@@ -141,6 +144,8 @@ class L2ViT(DenseBackbone):
                 f'W), got {tuple(x.shape)}. Convert grayscale images to '
                 f'{self.in_channels} channels (e.g. color_type="color" in '
                 'LoadImageFromFile) or set in_channels.')
+        # CPU inference: the blocks share scratch buffers
+        workspace = Workspace() if onednn_fusable(x) else None
         stage_outputs = []
         for i in range(self.num_stages):
             x = self.downsample_layers[i](x)
@@ -148,7 +153,7 @@ class L2ViT(DenseBackbone):
                 if self.with_cp and x.requires_grad:
                     x = checkpointed(block, x)
                 else:
-                    x = block(x)
+                    x = block(x, workspace=workspace)
             stage_outputs.append(x)
         return stage_outputs
 
@@ -159,9 +164,14 @@ class L2ViT(DenseBackbone):
             tuple[Tensor]: One (B, C_i, H_i, W_i) map per ``out_indices``.
         """
         stage_outputs = self.forward_stages(x)
-        return tuple(
-            getattr(self, f'norm{i}')(stage_outputs[i]).permute(
-                0, 3, 1, 2).contiguous() for i in self.out_indices)
+        outs = []
+        for i in self.out_indices:
+            norm = getattr(self, f'norm{i}')
+            if onednn_fusable(stage_outputs[i]):  # chunked, no temporary
+                outs.append(layer_norm_to_nchw(stage_outputs[i], norm))
+            else:
+                outs.append(channels_last_to_nchw(norm(stage_outputs[i])))
+        return tuple(outs)
 
     # ----------------------------------------------------------- init / load
     def _init_from_scratch(self) -> None:

@@ -41,6 +41,12 @@ def channels_last_to_nchw(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def heads_view(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """(N, C) tokens (rows may be strided) -> (h, N, d) view, no copy."""
+    N, C = x.shape
+    return x.view(N, num_heads, C // num_heads).transpose(0, 1)
+
+
 def chunk_tokens(num_tokens: int,
                  width: int,
                  itemsize: int,

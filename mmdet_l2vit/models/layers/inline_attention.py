@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .chunked import Workspace, chunk_rows
+from .chunked import Workspace, chunk_rows, heads_view
 from .fused import linear
 
 #: Kernel maps phi of the official ``inline_swin.py`` (applied to q and k).
@@ -54,12 +54,6 @@ KERNEL_FUNCS: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 #: From this many heads on, the banded inference keeps q head-major (see
 #: :func:`inline_block_inference`).
 HEAD_MAJOR_MIN_HEADS = 6
-def heads_view(x: torch.Tensor, num_heads: int) -> torch.Tensor:
-    """(N, C) tokens (rows may be strided) -> (h, N, d) view, no copy."""
-    N, C = x.shape
-    return x.view(N, num_heads, C // num_heads).transpose(0, 1)
-
-
 def _reduction_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 

@@ -8,12 +8,17 @@ depthwise convs, so no block transposes its activations.
 Module and parameter names follow the official L²ViT code so that its
 checkpoints map 1:1 (``cpe.0.proj``, ``local_mp.conv1``, ``norm3`` ...).
 """
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .chunked import Workspace, mlp_block_inference
 from .common import Mlp, build_drop_path, residual_fusable
-from .fused import conv2d_gelu
+from .fused import conv2d_gelu, onednn_fusable
+from .l2vit_inference import (linear_attention_inference_,
+                              window_attention_inference_)
 from .linear_attention import LinearAttention
 from .window_attention import WindowAttention
 
@@ -97,7 +102,20 @@ class LWABlock(nn.Module):
         self.norm2 = nn.LayerNorm(embed_dims)
         self.mlp = Mlp(embed_dims, int(embed_dims * mlp_ratio))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self,
+                x: torch.Tensor,
+                workspace: Optional[Workspace] = None) -> torch.Tensor:
+        """Args:
+            x (Tensor): (B, H, W, C).
+            workspace (Workspace, optional): Unused (the signature of the
+                L²ViT blocks).
+        """
+        if residual_fusable(self, self.drop_path) and onednn_fusable(x):
+            # CPU inference: banded attention and chunked MLP, in place on
+            # the CPE outputs (see .l2vit_inference)
+            x = window_attention_inference_(self.cpe[0](x), self.norm1,
+                                            self.attn)
+            return mlp_block_inference(self.cpe[1](x), self.norm2, self.mlp)
         x = self.cpe[0](x)
         x = x + self.drop_path(self.attn(x, norm=self.norm1))
         x = self.cpe[1](x)
@@ -131,7 +149,21 @@ class LGABlock(nn.Module):
         self.norm3 = nn.LayerNorm(embed_dims)
         self.local_mp = LocalConcentration(embed_dims)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self,
+                x: torch.Tensor,
+                workspace: Optional[Workspace] = None) -> torch.Tensor:
+        """Args:
+            x (Tensor): (B, H, W, C).
+            workspace (Workspace, optional): Scratch buffers shared by the
+                blocks of one inference forward.
+        """
+        if residual_fusable(self, self.drop_path) and onednn_fusable(x):
+            # CPU inference: chunked two-pass attention and MLP, in place on
+            # the CPE output (see .l2vit_inference)
+            x = linear_attention_inference_(self.cpe[0](x), self.norm1,
+                                            self.attn, workspace)
+            x = x.add_(self.local_mp(self.norm3(x)))
+            return mlp_block_inference(x, self.norm2, self.mlp)
         x = self.cpe[0](x)
         if residual_fusable(self, self.drop_path):
             x = self.attn(x, residual=x, norm=self.norm1)

@@ -64,11 +64,9 @@ class WindowAttention(nn.Module):
         only copies are the two permutes into and out of window-major head
         layout, which double as the window partition and merge.
         """
-        B, H, W, C = x.shape
-        ws, heads = self.window_size, self.num_heads
+        H, W = x.shape[1:3]
+        ws = self.window_size
         pad_b, pad_r = (ws - H % ws) % ws, (ws - W % ws) % ws
-        Hp, Wp = H + pad_b, W + pad_r
-        nh, nw = Hp // ws, Wp // ws
         if norm is not None and torch.is_grad_enabled():
             # Training: project the unpadded map (the normalised tensor is
             # recomputed in backward, not stored) and give the padding
@@ -85,14 +83,28 @@ class WindowAttention(nn.Module):
             if pad_b or pad_r:
                 x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
             qkv = linear(x, self.qkv)
+        out = linear(self.attend(qkv), self.proj)
+        if pad_b or pad_r:
+            out = out[:, :H, :W]
+        return out
+
+    def attend(self, qkv: torch.Tensor) -> torch.Tensor:
+        """Softmax attention inside each window of a padded qkv map.
+
+        Args:
+            qkv (Tensor): (B, Hp, Wp, 3C), Hp and Wp multiples of the window.
+
+        Returns:
+            Tensor: (B, Hp, Wp, C) attention output before the projection.
+        """
+        B, Hp, Wp, C3 = qkv.shape
+        ws, heads = self.window_size, self.num_heads
+        C = C3 // 3
+        nh, nw = Hp // ws, Wp // ws
         qkv = qkv.view(B, nh, ws, nw, ws, 3, heads, C // heads)
         # -> (3, B * nh * nw, heads, ws * ws, head_dims)
         qkv = qkv.permute(5, 0, 1, 3, 6, 2, 4, 7).reshape(
             3, B * nh * nw, heads, ws * ws, C // heads)
         out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
-        out = out.view(B, nh, nw, heads, ws, ws, C // heads).permute(
+        return out.view(B, nh, nw, heads, ws, ws, C // heads).permute(
             0, 1, 4, 2, 5, 3, 6).reshape(B, Hp, Wp, C)
-        out = linear(out, self.proj)
-        if pad_b or pad_r:
-            out = out[:, :H, :W]
-        return out
