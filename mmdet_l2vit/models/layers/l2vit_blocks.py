@@ -8,7 +8,7 @@ depthwise convs, so no block transposes its activations.
 Module and parameter names follow the official L²ViT code so that its
 checkpoints map 1:1 (``cpe.0.proj``, ``local_mp.conv1``, ``norm3`` ...).
 """
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +18,7 @@ from .chunked import Workspace, mlp_block_inference
 from .common import Mlp, build_drop_path, residual_fusable
 from .fused import conv2d_gelu, onednn_fusable
 from .l2vit_inference import (linear_attention_inference_,
+                              local_concentration_inference_,
                               window_attention_inference_)
 from .linear_attention import LinearAttention
 from .window_attention import WindowAttention
@@ -162,7 +163,8 @@ class LGABlock(nn.Module):
             # the CPE output (see .l2vit_inference)
             x = linear_attention_inference_(self.cpe[0](x), self.norm1,
                                             self.attn, workspace)
-            x = x.add_(self.local_mp(self.norm3(x)))
+            x = local_concentration_inference_(x, self.norm3,
+                                               self.local_mp, workspace)
             return mlp_block_inference(x, self.norm2, self.mlp)
         x = self.cpe[0](x)
         if residual_fusable(self, self.drop_path):
@@ -193,7 +195,28 @@ class ConvStem(nn.Module):
             nn.BatchNorm2d(embed_dims))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv1, bn1, _, conv2, bn2 = self.proj
+        if onednn_fusable(x) and not (bn1.training or bn2.training):
+            # CPU inference: BatchNorms folded into the convs, ReLU fused
+            weight, bias = fold_batchnorm(conv1, bn1)
+            x = torch.ops.mkldnn._convolution_pointwise(
+                x, weight, bias, list(conv1.padding), list(conv1.stride),
+                list(conv1.dilation), conv1.groups, 'relu', [], '')
+            weight, bias = fold_batchnorm(conv2, bn2)
+            return F.conv2d(x, weight, bias, conv2.stride, conv2.padding)
         return self.proj(x)
+
+
+def fold_batchnorm(conv: nn.Conv2d,
+                   bn: nn.BatchNorm2d) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Weight and bias of ``bn(conv(x))`` as one conv (eval-mode BN).
+
+    Equal to the two ops up to float32 rounding.
+    """
+    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+    weight = conv.weight * scale.view(-1, 1, 1, 1)
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(scale)
+    return weight, (bias - bn.running_mean) * scale + bn.bias
 
 
 class StemEmbed(nn.Module):

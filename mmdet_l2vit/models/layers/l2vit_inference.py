@@ -11,7 +11,10 @@ caller must own (a fresh tensor such as a CPE output):
   accumulates ``sum_n relu(k_n)`` and the per-head ``relu(K)^T V`` and keeps
   ``relu(Q)`` in a workspace buffer; the second forms the output, its
   denominator, the projection and the residual chunk by chunk. Only
-  ``relu(Q)`` exists for the whole map.
+  ``relu(Q)`` exists for the whole map;
+- the local concentration module (two depthwise convs) runs in bands of
+  image rows with a halo, reading the normalised map from a workspace
+  buffer.
 
 The results equal the whole-map evaluation up to float32 rounding (the
 token sums are accumulated chunk by chunk).
@@ -22,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import chunked
 from .chunked import Workspace, chunk_rows, chunk_tokens, heads_view
 from .fused import linear
 from .linear_attention import DENOMINATOR_FLOOR, LinearAttention
@@ -107,4 +111,45 @@ def linear_attention_inference_(
             out_heads.div_(
                 torch.bmm(q, k_sum[i]).clamp_min_(DENOMINATOR_FLOOR))
             tokens[i, span] = linear(out, attn.proj, residual=tokens[i, span])
+    return x
+
+
+def local_concentration_inference_(
+        x: torch.Tensor,
+        norm: nn.Module,
+        lcm: nn.Module,
+        workspace: Optional[Workspace] = None) -> torch.Tensor:
+    """``x += lcm(norm(x))`` in bands of image rows, in place.
+
+    ``norm(x)`` is written to a workspace buffer chunk by chunk; each band
+    of the two depthwise convs reads it with a halo of ``2 * (k // 2)`` rows
+    on each side (the first conv's outputs next to an inner band edge are
+    only used by the second conv's halo, whose outputs there are dropped),
+    so every intermediate of the module is band-sized.
+
+    Args:
+        x (Tensor): (B, H, W, C), owned by the caller.
+        norm (nn.Module): The pre-norm.
+        lcm (nn.Module): The local concentration module (``conv1``, ``bn``,
+            ``conv2``; BatchNorm in eval mode).
+        workspace (Workspace, optional): Scratch buffers to reuse.
+
+    Returns:
+        Tensor: ``x``.
+    """
+    B, H, W, C = x.shape
+    workspace = Workspace() if workspace is None else workspace
+    normed = workspace.get('l2vit_lcm_in', (B, H, W, C), x)
+    normed_tokens, tokens = normed.view(-1, C), x.reshape(-1, C)
+    step = chunk_tokens(tokens.shape[0], C, x.element_size(),
+                        min(chunked.CHUNK_BYTES, chunked.NORM_CHUNK_BYTES))
+    for start in range(0, tokens.shape[0], step):
+        normed_tokens[start:start + step] = norm(tokens[start:start + step])
+    halo = 2 * (lcm.conv1.kernel_size[0] // 2)
+    rows = max(halo, chunk_rows(H, W, 3 * C, x.element_size()))
+    for top in range(0, H, rows):
+        bottom = min(top + rows, H)
+        first, last = max(top - halo, 0), min(bottom + halo, H)
+        band = lcm(normed[:, first:last])  # (B, last - first, W, C)
+        x[:, top:bottom] += band[:, top - first:bottom - first]
     return x
