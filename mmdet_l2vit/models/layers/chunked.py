@@ -19,7 +19,7 @@ from torch import nn
 #: widest per-chunk activation, e.g. the MLP hidden layer): each thread works
 #: on about this much, and more threads get fewer, larger chunks (every chunk
 #: op ends in a thread barrier).
-CHUNK_BYTES = 16 << 20
+CHUNK_BYTES = 8 << 20
 #: Fewest tokens per chunk (keeps the per-chunk GEMMs efficient).
 MIN_CHUNK_TOKENS = 256
 #: Chunk size of the LayerNorm-only passes (L2-sized: their transposed
