@@ -57,6 +57,26 @@ def test_chunked_inference_equals_autograd_path(monkeypatch, batch, hw,
         torch.testing.assert_close(a, b.detach(), rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize('block_type', ['LWABlock', 'LGABlock'])
+def test_inference_blocks_write_over_input_only_when_asked(block_type):
+    from mmdet_l2vit.models.layers import l2vit_blocks
+    torch.manual_seed(0)
+    if block_type == 'LWABlock':
+        block = l2vit_blocks.LWABlock(16, 2, 7, 4., 0.).eval()
+    else:
+        block = l2vit_blocks.LGABlock(16, 2, 4., 0.).eval()
+    x = torch.randn(2, 11, 9, 16)
+    original = x.clone()
+    with torch.no_grad():
+        out = block(x)
+        assert torch.equal(x, original)
+        inplace = block(x, inplace=True)
+    assert inplace.data_ptr() == x.data_ptr()
+    torch.testing.assert_close(inplace, out, rtol=0, atol=0)
+    torch.testing.assert_close(out, block(original).detach(), rtol=0,
+                               atol=1e-5)
+
+
 def test_named_archs_and_head_dims():
     tiny = L2ViT(arch='tiny')
     assert [s[1].attn.num_heads for s in tiny.stages] == [3, 6, 12, 24]

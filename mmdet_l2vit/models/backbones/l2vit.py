@@ -144,8 +144,10 @@ class L2ViT(DenseBackbone):
                 f'W), got {tuple(x.shape)}. Convert grayscale images to '
                 f'{self.in_channels} channels (e.g. color_type="color" in '
                 'LoadImageFromFile) or set in_channels.')
-        # CPU inference: the blocks share scratch buffers
-        workspace = Workspace() if onednn_fusable(x) else None
+        # CPU inference: the blocks share scratch buffers and write over
+        # their input (a stage's first input is the fresh downsample output)
+        inference = onednn_fusable(x)
+        workspace = Workspace() if inference else None
         stage_outputs = []
         for i in range(self.num_stages):
             x = self.downsample_layers[i](x)
@@ -153,7 +155,7 @@ class L2ViT(DenseBackbone):
                 if self.with_cp and x.requires_grad:
                     x = checkpointed(block, x)
                 else:
-                    x = block(x, workspace=workspace)
+                    x = block(x, workspace=workspace, inplace=inference)
             stage_outputs.append(x)
         return stage_outputs
 

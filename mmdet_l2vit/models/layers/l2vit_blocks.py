@@ -14,10 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .chunked import Workspace, mlp_block_inference
+from .chunked import Workspace, layer_norm_, mlp_block_inference
 from .common import Mlp, build_drop_path, residual_fusable
 from .fused import conv2d_gelu, onednn_fusable
-from .l2vit_inference import (linear_attention_inference_,
+from .l2vit_inference import (conv_pos_enc_inference_,
+                              linear_attention_inference_,
                               local_concentration_inference_,
                               window_attention_inference_)
 from .linear_attention import LinearAttention
@@ -49,10 +50,13 @@ class ConvPosEnc(nn.Module):
         identity[:, :, 1, 1] = 1.
         self.register_buffer('identity', identity, persistent=False)
 
+    def fused_weight(self) -> torch.Tensor:
+        """The depthwise kernel with the identity folded in."""
+        return self.proj.weight + self.identity.to(self.proj.weight.dtype)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.proj.weight + self.identity.to(self.proj.weight.dtype)
-        out = F.conv2d(x.permute(0, 3, 1, 2), weight, self.proj.bias,
-                       padding=1, groups=self.proj.groups)
+        out = F.conv2d(x.permute(0, 3, 1, 2), self.fused_weight(),
+                       self.proj.bias, padding=1, groups=self.proj.groups)
         return out.permute(0, 2, 3, 1)
 
 
@@ -105,18 +109,23 @@ class LWABlock(nn.Module):
 
     def forward(self,
                 x: torch.Tensor,
-                workspace: Optional[Workspace] = None) -> torch.Tensor:
+                workspace: Optional[Workspace] = None,
+                inplace: bool = False) -> torch.Tensor:
         """Args:
             x (Tensor): (B, H, W, C).
             workspace (Workspace, optional): Unused (the signature of the
                 L²ViT blocks).
+            inplace (bool): CPU inference may write the output over ``x``.
         """
         if residual_fusable(self, self.drop_path) and onednn_fusable(x):
-            # CPU inference: banded attention and chunked MLP, in place on
-            # the CPE outputs (see .l2vit_inference)
-            x = window_attention_inference_(self.cpe[0](x), self.norm1,
-                                            self.attn)
-            return mlp_block_inference(self.cpe[1](x), self.norm2, self.mlp)
+            # CPU inference: every step banded or chunked, in place on one
+            # map (see .l2vit_inference)
+            x = x.contiguous() if inplace else x.clone(
+                memory_format=torch.contiguous_format)
+            x = conv_pos_enc_inference_(x, self.cpe[0])
+            x = window_attention_inference_(x, self.norm1, self.attn)
+            x = conv_pos_enc_inference_(x, self.cpe[1])
+            return mlp_block_inference(x, self.norm2, self.mlp)
         x = self.cpe[0](x)
         x = x + self.drop_path(self.attn(x, norm=self.norm1))
         x = self.cpe[1](x)
@@ -152,17 +161,22 @@ class LGABlock(nn.Module):
 
     def forward(self,
                 x: torch.Tensor,
-                workspace: Optional[Workspace] = None) -> torch.Tensor:
+                workspace: Optional[Workspace] = None,
+                inplace: bool = False) -> torch.Tensor:
         """Args:
             x (Tensor): (B, H, W, C).
             workspace (Workspace, optional): Scratch buffers shared by the
                 blocks of one inference forward.
+            inplace (bool): CPU inference may write the output over ``x``.
         """
         if residual_fusable(self, self.drop_path) and onednn_fusable(x):
-            # CPU inference: chunked two-pass attention and MLP, in place on
-            # the CPE output (see .l2vit_inference)
-            x = linear_attention_inference_(self.cpe[0](x), self.norm1,
-                                            self.attn, workspace)
+            # CPU inference: every step banded or chunked, in place on one
+            # map (see .l2vit_inference)
+            x = x.contiguous() if inplace else x.clone(
+                memory_format=torch.contiguous_format)
+            x = conv_pos_enc_inference_(x, self.cpe[0])
+            x = linear_attention_inference_(x, self.norm1, self.attn,
+                                            workspace)
             x = local_concentration_inference_(x, self.norm3,
                                                self.local_mp, workspace)
             return mlp_block_inference(x, self.norm2, self.mlp)
@@ -238,7 +252,10 @@ class StemEmbed(nn.Module):
         if H % 4 or W % 4:
             x = F.pad(x, (0, (4 - W % 4) % 4, 0, (4 - H % 4) % 4))
         x = self.proj(x.contiguous(memory_format=torch.channels_last))
-        return self.norm(x.permute(0, 2, 3, 1))
+        x = x.permute(0, 2, 3, 1)
+        if onednn_fusable(x) and x.is_contiguous():
+            return layer_norm_(x, self.norm)  # inference: over the conv out
+        return self.norm(x)
 
 
 class Downsample(nn.Module):

@@ -1,8 +1,7 @@
 """Chunked CPU inference of the L²ViT attention halves (see :mod:`.chunked`).
 
-Both functions compute ``x + attn(norm(x))`` for float32 CPU inference (no
-autograd, drop path a no-op) and write the result over ``x``, which the
-caller must own (a fresh tensor such as a CPE output):
+For float32 CPU inference (no autograd, drop path a no-op), each function
+writes its result over ``x``, which the caller must own:
 
 - local window attention runs in bands of whole window rows: windows never
   straddle two bands, so each band's LayerNorm, zero padding, qkv, window
@@ -14,7 +13,10 @@ caller must own (a fresh tensor such as a CPE output):
   ``relu(Q)`` exists for the whole map;
 - the local concentration module (two depthwise convs) runs in bands of
   image rows with a halo, reading the normalised map from a workspace
-  buffer.
+  buffer;
+- the conditional position encodings run in bands over ``x`` itself, so a
+  whole block (and a whole stage) works on one map without allocating
+  another.
 
 The results equal the whole-map evaluation up to float32 rounding (the
 token sums are accumulated chunk by chunk).
@@ -152,4 +154,36 @@ def local_concentration_inference_(
         first, last = max(top - halo, 0), min(bottom + halo, H)
         band = lcm(normed[:, first:last])  # (B, last - first, W, C)
         x[:, top:bottom] += band[:, top - first:bottom - first]
+    return x
+
+
+def conv_pos_enc_inference_(x: torch.Tensor,
+                            cpe: nn.Module) -> torch.Tensor:
+    """``x + dwconv3x3(x)`` in bands of image rows, written over ``x``.
+
+    Bands run top to bottom; each reads its rows and the next one (not yet
+    overwritten) plus a copy of the original row above it, saved before the
+    previous band was written.
+
+    Args:
+        x (Tensor): (B, H, W, C), owned by the caller.
+        cpe (nn.Module): The :class:`ConvPosEnc`.
+
+    Returns:
+        Tensor: ``x``.
+    """
+    B, H, W, C = x.shape
+    weight, bias = cpe.fused_weight(), cpe.proj.bias
+    rows = chunk_rows(H, W, 2 * C, x.element_size())
+    above = None  # the original row just above the current band
+    for top in range(0, H, rows):
+        bottom = min(top + rows, H)
+        source = x[:, top:min(bottom + 1, H)]
+        if above is not None:
+            source = torch.cat([above, source], dim=1)
+        band = F.conv2d(source.permute(0, 3, 1, 2), weight, bias, padding=1,
+                        groups=C).permute(0, 2, 3, 1)
+        offset = 0 if above is None else 1
+        above = x[:, bottom - 1:bottom].clone()
+        x[:, top:bottom] = band[:, offset:offset + bottom - top]
     return x
