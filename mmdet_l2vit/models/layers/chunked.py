@@ -115,13 +115,20 @@ def mlp_block_inference(x: torch.Tensor, norm: nn.Module,
 def layer_norm_(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
     """``norm(x)`` written over ``x`` chunk by chunk (inference: no new
     full-size tensor); ``x`` must be contiguous and owned by the caller."""
+    return layer_norm_into(x, norm, x)
+
+
+def layer_norm_into(x: torch.Tensor, norm: nn.Module,
+                    out: torch.Tensor) -> torch.Tensor:
+    """``norm(x)`` written to ``out`` (contiguous, ``x``'s shape; may be
+    ``x``) chunk by chunk, for inference."""
     C = x.shape[-1]
-    tokens = x.view(-1, C)
+    tokens, out_tokens = x.reshape(-1, C), out.view(-1, C)
     step = chunk_tokens(tokens.shape[0], C, x.element_size(),
-                         min(CHUNK_BYTES, NORM_CHUNK_BYTES))
+                        min(CHUNK_BYTES, NORM_CHUNK_BYTES))
     for start in range(0, tokens.shape[0], step):
-        tokens[start:start + step] = norm(tokens[start:start + step])
-    return x
+        out_tokens[start:start + step] = norm(tokens[start:start + step])
+    return out
 
 
 def layer_norm_to_nchw(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:

@@ -14,10 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .chunked import Workspace, layer_norm_, mlp_block_inference
+from .chunked import (Workspace, layer_norm_, layer_norm_into,
+                      mlp_block_inference)
 from .common import Mlp, build_drop_path, residual_fusable
 from .fused import conv2d_gelu, onednn_fusable
-from .l2vit_inference import (conv_pos_enc_inference_,
+from .l2vit_inference import (SCRATCH, conv_pos_enc_inference_,
                               linear_attention_inference_,
                               local_concentration_inference_,
                               window_attention_inference_)
@@ -273,8 +274,19 @@ class Downsample(nn.Module):
         self.proj = nn.Conv2d(in_channels, out_channels, 2, stride=2)
         self.norm = nn.LayerNorm(in_channels)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.norm(x)
+    def forward(self,
+                x: torch.Tensor,
+                workspace: Optional[Workspace] = None) -> torch.Tensor:
+        """Args:
+            x (Tensor): (B, H, W, Cin).
+            workspace (Workspace, optional): CPU inference normalises into
+                its scratch map buffer.
+        """
+        if workspace is not None and onednn_fusable(x):
+            x = layer_norm_into(x, self.norm,
+                                workspace.get(SCRATCH, tuple(x.shape), x))
+        else:
+            x = self.norm(x)
         H, W = x.shape[1:3]
         if H % 2 or W % 2:
             x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))

@@ -27,11 +27,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import chunked
-from .chunked import Workspace, chunk_rows, chunk_tokens, heads_view
+from .chunked import (Workspace, chunk_rows, chunk_tokens, heads_view,
+                      layer_norm_into)
 from .fused import linear
 from .linear_attention import DENOMINATOR_FLOOR, LinearAttention
 from .window_attention import WindowAttention
+
+#: Workspace buffer of one map: relu(Q) of the linear attention, then the
+#: normalised LCM input, then the normalised downsample input (never two of
+#: them at once).
+SCRATCH = 'l2vit_map_scratch'
 
 
 def window_attention_inference_(x: torch.Tensor, norm: nn.Module,
@@ -90,7 +95,7 @@ def linear_attention_inference_(
     step = chunk_tokens(N, 3 * C, x.element_size())
     spans = [slice(s, min(s + step, N)) for s in range(0, N, step)]
     workspace = Workspace() if workspace is None else workspace
-    queries = workspace.get('l2vit_relu_q', (B, N, C), x)
+    queries = workspace.get(SCRATCH, (B, N, C), x)
     kv = x.new_zeros(B, heads, d, d)
     k_sum = x.new_zeros(B, C)
     for i in range(B):
@@ -141,12 +146,8 @@ def local_concentration_inference_(
     """
     B, H, W, C = x.shape
     workspace = Workspace() if workspace is None else workspace
-    normed = workspace.get('l2vit_lcm_in', (B, H, W, C), x)
-    normed_tokens, tokens = normed.view(-1, C), x.reshape(-1, C)
-    step = chunk_tokens(tokens.shape[0], C, x.element_size(),
-                        min(chunked.CHUNK_BYTES, chunked.NORM_CHUNK_BYTES))
-    for start in range(0, tokens.shape[0], step):
-        normed_tokens[start:start + step] = norm(tokens[start:start + step])
+    normed = layer_norm_into(x, norm, workspace.get(SCRATCH, (B, H, W, C),
+                                                    x))
     halo = 2 * (lcm.conv1.kernel_size[0] // 2)
     rows = max(halo, chunk_rows(H, W, 3 * C, x.element_size()))
     for top in range(0, H, rows):
