@@ -90,4 +90,15 @@ def test_benchmark_tool_writes_its_report(tmp_path):
                            and r['size'] == row['size'])
             assert row['peak_bytes'] > forward['peak_bytes']
     assert (out / 'plot.png').stat().st_size > 0
-    assert '| L2ViT-T | 96x128 | fwd |' in (out / 'results.md').read_text()
+    markdown = (out / 'results.md').read_text()
+    assert '| L2ViT-T | 96x128 | fwd |' in markdown
+    assert '| Swin-T (mmdet) | 64x64 | fwdbwd | ' in markdown
+    # re-rendering an earlier report measures nothing and gives the same
+    (out / 'results.md').unlink()
+    rendered = subprocess.run(
+        [sys.executable, osp.join(REPO, 'tools', 'benchmark.py'),
+         '--report', str(out / 'results.json')],
+        capture_output=True, text=True, cwd=REPO, check=False)
+    assert rendered.returncode == 0, rendered.stderr[-3000:]
+    assert (out / 'results.md').read_text() == markdown
+    assert 'x Swin-T' in rendered.stdout

@@ -57,6 +57,10 @@ def parse_args() -> argparse.Namespace:
                         'size compiles: use --warmup >= 1)')
     parser.add_argument('--out', default='work_dirs/benchmark',
                         help='directory for results.json and plot.png')
+    parser.add_argument('--report', metavar='RESULTS_JSON',
+                        help='measure nothing: re-render the table, '
+                        'results.md and plot.png of an earlier results.json '
+                        '(into its directory)')
     return parser.parse_args()
 
 
@@ -110,12 +114,45 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                 results=rows)
 
 
+#: The model every row's time is compared with (same size and mode).
+ANCHOR = 'Swin-T (mmdet)'
+
+
+def anchor_ratio(report: Dict[str, Any], row: Dict[str, Any]) -> str:
+    """``row``'s median time over the anchor's in the same run, as text."""
+    for other in report['results']:
+        if (other['model'] == ANCHOR and other['size'] == row['size']
+                and other['mode'] == row['mode']):
+            return f"{row['median_s'] / other['median_s']:.2f}"
+    return ''
+
+
+def scaling(report: Dict[str, Any]) -> List[str]:
+    """Time and peak-memory ratios between each size and the size with
+    half its side (e.g. 2048x2048 over 1024x1024), per model and mode."""
+    rows = {(r['model'], r['mode'], tuple(r['size'])): r
+            for r in report['results']}
+    lines = []
+    for (name, mode, size), row in rows.items():
+        half = rows.get((name, mode, (size[0] // 2, size[1] // 2)))
+        if half is None or size[0] % 2 or size[1] % 2:
+            continue
+        text = (f"{name} {mode} {size[0]}x{size[1]} / "
+                f"{half['size'][0]}x{half['size'][1]}: time "
+                f"{row['median_s'] / half['median_s']:.2f}")
+        if row.get('peak_bytes') and half.get('peak_bytes'):
+            memory = row['peak_bytes'] / half['peak_bytes']
+            text += f', peak memory {memory:.2f}'
+        lines.append(text + ' (4.00 = linear in pixels)')
+    return lines
+
+
 def print_table(report: Dict[str, Any]) -> None:
     print(f"\ndevice {report['device']}, {report['threads']} threads, "
           f"{report['dtype']}, batch {report['batch']}; torch.mm: "
           f"{report['mm_gflops_per_s']:.1f} GFLOP/s")
     header = (f"{'model':<18} {'size':>10} {'mode':>7} {'median ms':>10} "
-              f"{'min-max ms':>17} {'GFLOP/s':>8} {'% mm':>5} "
+              f"{'min-max ms':>17} {'x Swin-T':>8} {'GFLOP/s':>8} {'% mm':>5} "
               f"{'peak MiB':>9} {'RSS MiB':>8}")
     print(header)
     print('-' * len(header))
@@ -131,7 +168,8 @@ def print_table(report: Dict[str, Any]) -> None:
         rss = (f"{row['rss_peak_bytes'] / 2**20:8.0f}"
                if 'rss_peak_bytes' in row else ' ' * 8)
         print(f"{row['model']:<18} {size:>10} {row['mode']:>7} "
-              f"{row['median_s'] * 1e3:10.1f} {spread:>17} {rate} {share} "
+              f"{row['median_s'] * 1e3:10.1f} {spread:>17} "
+              f"{anchor_ratio(report, row):>8} {rate} {share} "
               f'{memory} {rss}')
 
 
@@ -155,8 +193,9 @@ def markdown(report: Dict[str, Any]) -> str:
         f"{device}, {report['threads']} threads, {report['dtype']}, batch "
         f"{report['batch']}, torch {report['torch']}; large `torch.mm`: "
         f"{report['mm_gflops_per_s']:.1f} GFLOP/s", '',
-        '| model | size | mode | median ms | min-max ms | GFLOP/s | % of mm '
-        '| peak MiB | RSS MiB |', '|---|---|---|---|---|---|---|---|---|'
+        '| model | size | mode | median ms | min-max ms | x Swin-T | GFLOP/s '
+        '| % of mm | peak MiB | RSS MiB |',
+        '|---|---|---|---|---|---|---|---|---|---|'
     ]
     for row in report['results']:
         gflops = row.get('gflops_per_s')
@@ -164,6 +203,7 @@ def markdown(report: Dict[str, Any]) -> str:
             f"| {row['model']} | {row['size'][0]}x{row['size'][1]} | "
             f"{row['mode']} | {row['median_s'] * 1e3:.0f} | "
             f"{row['min_s'] * 1e3:.0f}-{row['max_s'] * 1e3:.0f} | "
+            f'{anchor_ratio(report, row)} | '
             + (f'{gflops:.1f} | '
                f"{100 * gflops / report['mm_gflops_per_s']:.0f}% | "
                if gflops else ' | | ') +
@@ -171,6 +211,10 @@ def markdown(report: Dict[str, Any]) -> str:
              if 'peak_bytes' in row else ' |') +
             (f" {row['rss_peak_bytes'] / 2**20:.0f} |"
              if 'rss_peak_bytes' in row else ' |'))
+    ratios = scaling(report)
+    if ratios:
+        lines += ['', 'Scaling (median times; peak tensor memory):', '']
+        lines += [f'- {line}' for line in ratios]
     return '\n'.join(lines) + '\n'
 
 
@@ -212,14 +256,21 @@ def plot(report: Dict[str, Any], path: str) -> None:
 
 def main() -> None:
     args = parse_args()
-    report = run(args)
-    os.makedirs(args.out, exist_ok=True)
-    with open(osp.join(args.out, 'results.json'), 'w') as f:
-        json.dump(report, f, indent=1)
+    if args.report:
+        with open(args.report) as f:
+            report = json.load(f)
+        args.out = osp.dirname(osp.abspath(args.report))
+    else:
+        report = run(args)
+        os.makedirs(args.out, exist_ok=True)
+        with open(osp.join(args.out, 'results.json'), 'w') as f:
+            json.dump(report, f, indent=1)
     with open(osp.join(args.out, 'results.md'), 'w') as f:
         f.write(markdown(report))
     plot(report, osp.join(args.out, 'plot.png'))
     print_table(report)
+    for line in scaling(report):
+        print(line)
     print(f'\nwrote {args.out}/results.json, results.md and plot.png')
 
 

@@ -1,13 +1,15 @@
 """Backbone latency and peak-memory measurement (used by tools/benchmark.py).
 
 Timing runs every model of a resolution in one process, interleaved: each
-repeat round times every model once, in turn, so slow drifts of the machine
-(thermal, other load) hit all models alike. Peak memory is measured per case
-in a fresh subprocess: on CUDA ``torch.cuda.max_memory_allocated`` (tensors
-only); on CPU the peak of live tensor storages created by one iteration
-(:class:`~mmdet_l2vit.analysis.live_memory.LiveTensorPeak`, the same quantity)
-and, reported beside it, the growth of the process's peak resident set during
-one iteration (``VmHWM`` after resetting it through
+repeat round times every model once, in turn (the order rotating from round
+to round), so slow drifts of the machine (thermal, other load) and what one
+model leaves behind for the next hit all models alike. Peak memory is
+measured per case in a fresh subprocess: on CUDA
+``torch.cuda.max_memory_allocated`` (tensors only); on CPU the peak of live
+tensor storages created by one iteration
+(:class:`~mmdet_l2vit.analysis.live_memory.LiveTensorPeak`, the same
+quantity) and, reported beside it, the growth of the process's peak resident
+set during one iteration (``VmHWM`` after resetting it through
 ``/proc/self/clear_refs``), which counts everything the iteration touched,
 allocator heap slack included.
 """
@@ -100,15 +102,24 @@ class Timing(NamedTuple):
 def time_interleaved(steps: Dict[str, Callable[[], None]], device: str,
                      warmup: int, repeats: int,
                      progress: Callable[[str], None]) -> Dict[str, Timing]:
-    """Time several steps, interleaving them in every repeat round."""
+    """Time several steps, interleaving them in every repeat round.
+
+    The order rotates from round to round (round r starts with step r), so
+    no step always runs right after the same neighbour: what one step
+    leaves behind (freed memory handed back to the OS, evicted caches) is
+    spread over all of them.
+    """
     for name, step in steps.items():
         for _ in range(warmup):
             step()
         _sync(device)
         progress(f'  warmed up {name}')
     samples: Dict[str, List[float]] = {name: [] for name in steps}
+    names = list(steps)
     for round_index in range(repeats):
-        for name, step in steps.items():
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            step = steps[name]
             _sync(device)
             start = time.perf_counter()
             step()
