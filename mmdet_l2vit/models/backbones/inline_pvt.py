@@ -10,11 +10,11 @@ from torch import nn
 
 from ...checkpoint import ConvertedStateDict, match_any
 from ...registry import register_into_toolboxes
+from ..layers.chunked import (Workspace, channels_last_to_nchw, layer_norm_,
+                              norm_to_nchw)
 from ..layers.common import (Mlp, build_drop_path, checkpointed,
                              drop_path_rates, residual_fusable)
 from ..layers.fused import onednn_fusable
-from ..layers.chunked import (Workspace, channels_last_to_nchw, layer_norm_,
-                              layer_norm_to_nchw)
 from ..layers.inline_attention import (KERNEL_FUNCS, InLineAttention,
                                        inline_block_inference)
 from .base import DenseBackbone, check_stage_lists, resolve_arch
@@ -314,12 +314,10 @@ class InLinePVT(DenseBackbone):
         outs = []
         for i in self.out_indices:
             out = stage_outputs[i]
-            if self.out_norms and onednn_fusable(out):  # chunked
-                outs.append(layer_norm_to_nchw(out, getattr(self, f'norm{i}')))
-                continue
             if self.out_norms:
-                out = getattr(self, f'norm{i}')(out)
-            outs.append(channels_last_to_nchw(out))
+                outs.append(norm_to_nchw(out, getattr(self, f'norm{i}')))
+            else:
+                outs.append(channels_last_to_nchw(out))
         return tuple(outs)
 
     # ----------------------------------------------------------- init / load

@@ -11,12 +11,11 @@ from torch import nn
 
 from ...checkpoint import ConvertedStateDict, match_any
 from ...registry import register_into_toolboxes
+from ..layers.chunked import (Workspace, chunk_rows, layer_norm_,
+                              mlp_block_inference, norm_to_nchw)
 from ..layers.common import (Mlp, build_drop_path, checkpointed,
                              drop_path_rates, residual_fusable)
 from ..layers.fused import layer_norm_linear, linear, onednn_fusable
-from ..layers.chunked import (Workspace, channels_last_to_nchw, chunk_rows,
-                              layer_norm_, layer_norm_to_nchw,
-                              mlp_block_inference)
 from ..layers.inline_attention import (KERNEL_FUNCS, InLineAttention,
                                        inline_block_inference)
 from ..layers.swin_window_attention import (
@@ -421,14 +420,9 @@ class InLineSwin(DenseBackbone):
             tuple[Tensor]: One (B, C_i, H_i, W_i) map per ``out_indices``.
         """
         stage_outputs = self.forward_stages(x)
-        outs = []
-        for i in self.out_indices:
-            norm = getattr(self, f'norm{i}')
-            if onednn_fusable(stage_outputs[i]):  # chunked, no temporary
-                outs.append(layer_norm_to_nchw(stage_outputs[i], norm))
-            else:
-                outs.append(channels_last_to_nchw(norm(stage_outputs[i])))
-        return tuple(outs)
+        return tuple(
+            norm_to_nchw(stage_outputs[i], getattr(self, f'norm{i}'))
+            for i in self.out_indices)
 
     # ----------------------------------------------------------- init / load
     def _init_from_scratch(self) -> None:

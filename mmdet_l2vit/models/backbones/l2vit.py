@@ -10,8 +10,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...checkpoint import ConvertedStateDict, match_any
 from ...registry import register_into_toolboxes
-from ..layers.chunked import (Workspace, channels_last_to_nchw,
-                              layer_norm_to_nchw)
+from ..layers.chunked import Workspace, norm_to_nchw
 from ..layers.common import checkpointed, drop_path_rates
 from ..layers.fused import onednn_fusable
 from ..layers.l2vit_blocks import Downsample, LGABlock, LWABlock, StemEmbed
@@ -169,14 +168,9 @@ class L2ViT(DenseBackbone):
             tuple[Tensor]: One (B, C_i, H_i, W_i) map per ``out_indices``.
         """
         stage_outputs = self.forward_stages(x)
-        outs = []
-        for i in self.out_indices:
-            norm = getattr(self, f'norm{i}')
-            if onednn_fusable(stage_outputs[i]):  # chunked, no temporary
-                outs.append(layer_norm_to_nchw(stage_outputs[i], norm))
-            else:
-                outs.append(channels_last_to_nchw(norm(stage_outputs[i])))
-        return tuple(outs)
+        return tuple(
+            norm_to_nchw(stage_outputs[i], getattr(self, f'norm{i}'))
+            for i in self.out_indices)
 
     # ----------------------------------------------------------- init / load
     def _init_from_scratch(self) -> None:

@@ -15,6 +15,8 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import nn
 
+from .fused import onednn_fusable
+
 #: Working-set target of one token chunk per intra-op thread (bytes of the
 #: widest per-chunk activation, e.g. the MLP hidden layer): each thread works
 #: on about this much, and more threads get fewer, larger chunks (every chunk
@@ -146,3 +148,12 @@ def layer_norm_to_nchw(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
             planes[i, :, start:start + step] = norm(
                 tokens[i, start:start + step]).t()
     return out
+
+
+def norm_to_nchw(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
+    """``norm(x)`` of a (B, H, W, C) map as a contiguous (B, C, H, W) tensor:
+    chunked for CPU inference (:func:`layer_norm_to_nchw`), else one
+    LayerNorm and one transpose (differentiable)."""
+    if onednn_fusable(x):
+        return layer_norm_to_nchw(x, norm)
+    return channels_last_to_nchw(norm(x))

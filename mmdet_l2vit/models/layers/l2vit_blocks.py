@@ -5,6 +5,9 @@ Every block takes and returns a ``(B, H, W, C)`` tensor. ``Linear`` and
 2)`` is a zero-copy NCHW view in ``channels_last`` memory format for the
 depthwise convs, so no block transposes its activations.
 
+For float32 CPU inference the blocks run banded and chunked, in place on one
+map (:mod:`.l2vit_inference`); training and autocast take the plain path.
+
 Module and parameter names follow the official L²ViT code so that its
 checkpoints map 1:1 (``cpe.0.proj``, ``local_mp.conv1``, ``norm3`` ...).
 """
