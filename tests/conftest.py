@@ -40,6 +40,20 @@ def reference_file():
     return _require_reference
 
 
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """``small_chunks(min_tokens)``: make CPU inference use the smallest
+    chunks and bands (at least ``min_tokens`` tokens), so every banded or
+    chunked block runs in several pieces."""
+    from mmdet_l2vit.models.layers import chunked
+
+    def shrink(min_tokens: int) -> None:
+        monkeypatch.setattr(chunked, 'CHUNK_BYTES', 1)
+        monkeypatch.setattr(chunked, 'MIN_CHUNK_TOKENS', min_tokens)
+
+    return shrink
+
+
 @pytest.fixture(autouse=True)
 def _deterministic_threads():
     """Parity numbers depend slightly on the thread count; pin it."""

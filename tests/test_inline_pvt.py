@@ -278,13 +278,11 @@ def test_inputs_below_stride_32_are_rejected():
 @pytest.mark.parametrize('kernel_func, batch, hw', [
     ('identity', 1, (97, 131)), ('identity', 2, (64, 96)),
     ('exp', 2, (70, 64))])
-def test_chunked_inference_equals_autograd_path(monkeypatch, kernel_func,
+def test_chunked_inference_equals_autograd_path(small_chunks, kernel_func,
                                                 batch, hw):
     """CPU inference runs each block token-chunked with fused epilogues;
     it must equal the plain (autograd) evaluation."""
-    from mmdet_l2vit.models.layers import chunked
-    monkeypatch.setattr(chunked, 'CHUNK_BYTES', 1)
-    monkeypatch.setattr(chunked, 'MIN_CHUNK_TOKENS', 100)
+    small_chunks(100)
     model = random_model(kernel_func=kernel_func, out_norms=True)
     x = torch.randn(batch, 3, *hw)
     with torch.no_grad():

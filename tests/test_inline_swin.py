@@ -272,14 +272,12 @@ def test_softmax_blocks_shift_by_the_official_rule():
 @pytest.mark.parametrize('kernel_func, batch, hw', [
     ('identity', 1, (97, 131)), ('identity', 2, (64, 96)),
     ('relu', 2, (300, 250))])
-def test_chunked_inference_equals_autograd_path(monkeypatch, kernel_func,
+def test_chunked_inference_equals_autograd_path(small_chunks, kernel_func,
                                                 batch, hw):
     """CPU inference runs each block token-chunked with fused epilogues;
     it must equal the plain (autograd) evaluation, with padded and shifted
     softmax windows too."""
-    from mmdet_l2vit.models.layers import chunked
-    monkeypatch.setattr(chunked, 'CHUNK_BYTES', 1)
-    monkeypatch.setattr(chunked, 'MIN_CHUNK_TOKENS', 100)
+    small_chunks(100)
     model = random_model(kernel_func=kernel_func)
     x = torch.randn(batch, 3, *hw)
     with torch.no_grad():

@@ -35,17 +35,15 @@ def test_output_shapes_follow_ceil_rule(hw):
         assert torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize('batch, hw, small_chunks', [(1, (97, 131), True),
-                                                   (2, (70, 64), True),
-                                                   (2, (61, 45), False)])
-def test_chunked_inference_equals_autograd_path(monkeypatch, batch, hw,
-                                                small_chunks):
+@pytest.mark.parametrize('batch, hw, shrink', [(1, (97, 131), True),
+                                             (2, (70, 64), True),
+                                             (2, (61, 45), False)])
+def test_chunked_inference_equals_autograd_path(small_chunks, batch, hw,
+                                                shrink):
     """CPU inference runs banded window attention, two-pass chunked linear
     attention and chunked MLPs in place; it must equal the plain path."""
-    if small_chunks:
-        from mmdet_l2vit.models.layers import chunked
-        monkeypatch.setattr(chunked, 'CHUNK_BYTES', 1)
-        monkeypatch.setattr(chunked, 'MIN_CHUNK_TOKENS', 24)
+    if shrink:
+        small_chunks(24)
     torch.manual_seed(0)
     model = L2ViT(arch=dict(SMALL_ARCH, num_heads=[2, 2, 4, 8])).eval()
     x = torch.randn(batch, 3, *hw)

@@ -41,15 +41,13 @@ def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
                                            (True, False)],
                          ids=['inference-fused', 'inference-small-chunks',
                               'autograd'])
-def test_detection_features_match_official(monkeypatch, expected,
+def test_detection_features_match_official(small_chunks, expected,
                                            checkpoint_path, grad, chunked):
     """All code paths: fused oneDNN kernels with chunked/banded blocks (no
     grad; once with the smallest chunks and bands, so every block runs in
     several) and plain ops."""
     if chunked:
-        from mmdet_l2vit.models.layers import chunked as chunked_module
-        monkeypatch.setattr(chunked_module, 'CHUNK_BYTES', 1)
-        monkeypatch.setattr(chunked_module, 'MIN_CHUNK_TOKENS', 16)
+        small_chunks(16)
     model = build_r1(checkpoint_path)
     norms = expected['norms']
     model.load_state_dict(norms, strict=False)
