@@ -149,10 +149,7 @@ class L2ViT(DenseBackbone):
         workspace = Workspace() if inference else None
         stage_outputs = []
         for i in range(self.num_stages):
-            if i == 0:
-                x = self.downsample_layers[0](x)  # the stem
-            else:
-                x = self.downsample_layers[i](x, workspace=workspace)
+            x = self.downsample_layers[i](x, workspace=workspace)
             for block in self.stages[i]:
                 if self.with_cp and x.requires_grad:
                     x = checkpointed(block, x)

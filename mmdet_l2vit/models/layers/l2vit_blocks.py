@@ -251,7 +251,14 @@ class StemEmbed(nn.Module):
         self.proj = ConvStem(in_channels, embed_dims)
         self.norm = nn.LayerNorm(embed_dims)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self,
+                x: torch.Tensor,
+                workspace: Optional[Workspace] = None) -> torch.Tensor:
+        """Args:
+            x (Tensor): (B, C, H, W) images.
+            workspace (Workspace, optional): Unused (the signature of the
+                downsample layers).
+        """
         H, W = x.shape[-2:]
         if H % 4 or W % 4:
             x = F.pad(x, (0, (4 - W % 4) % 4, 0, (4 - H % 4) % 4))
