@@ -1,4 +1,4 @@
-"""Benchmark backbone latency and peak memory against mmdet's own backbones.
+r"""Benchmark backbone latency and peak memory against mmdet's own backbones.
 
 For each resolution, every model is timed in the same process, interleaved
 round by round (forward under no_grad, then forward+backward); median and
@@ -8,9 +8,10 @@ the peak of tensor memory allocated by one iteration (CUDA:
 max_memory_allocated; CPU: live tensor storages counted at the ATen level)
 and, on CPU, the growth of peak RSS during one iteration.
 
-Example (the table in docs/benchmarks.md):
-    python tools/benchmark.py --threads 2 --repeats 5 \
-        --sizes 224 512 800x1216 1024 1536 2048 --out work_dirs/benchmark
+Example (the first table in docs/benchmarks.md; --report re-renders it):
+    python tools/benchmark.py --threads 2 --repeats 5 --warmup 1 \
+        --modes fwd --memory-repeats 1 --out work_dirs/benchmark_fwd
+    python tools/benchmark.py --report work_dirs/benchmark_fwd/results.json
 """
 import argparse
 import json
@@ -271,7 +272,9 @@ def main() -> None:
     print_table(report)
     for line in scaling(report):
         print(line)
-    print(f'\nwrote {args.out}/results.json, results.md and plot.png')
+    written = 'results.md and plot.png' if args.report else \
+        'results.json, results.md and plot.png'
+    print(f'\nwrote {written} in {args.out}')
 
 
 if __name__ == '__main__':

@@ -1,4 +1,4 @@
-"""Convert an official L²ViT / InLine classification checkpoint into a
+r"""Convert an official L²ViT / InLine classification checkpoint into a
 tensor-only backbone checkpoint for mmdet / mmsegmentation.
 
 Example:
