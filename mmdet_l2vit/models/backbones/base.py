@@ -1,16 +1,19 @@
 """What every mmdet_l2vit backbone shares: the mmdet/mmseg backbone contract.
 
-Subclasses build their modules and implement four hooks:
-``_init_from_scratch``, ``convert_official_state_dict``, ``optional_keys``
-and ``_stage_modules``. This base class then provides the deprecated
-``pretrained`` argument, ``init_cfg=dict(type='Pretrained', ...)`` loading of
-official checkpoints (safe unpickling, conversion, strict key checks, a
-logged report), ``frozen_stages`` and ``norm_eval``.
+Subclasses build their modules and implement the hooks ``stage_input``,
+``stage`` (the stage loop), ``_init_from_scratch``,
+``convert_official_state_dict`` and ``_stage_modules``. This base class then
+provides the input check, ``forward`` (the stage loop, output norms, NCHW
+outputs, and the one choice between the reference modules and the CPU
+inference engine), the deprecated ``pretrained`` argument,
+``init_cfg=dict(type='Pretrained', ...)`` loading of official checkpoints
+(safe reading, conversion, strict key checks, a logged report), output-norm
+keys in conversion, ``frozen_stages``, ``norm_eval`` and ``with_cp``.
 """
 import logging
 import warnings
 import weakref
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -21,6 +24,9 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...checkpoint import (ConvertedStateDict, extract_state_dict,
                            load_state_dict_strictly, read_checkpoint_file)
+from ..cpu_inference import cpu_inference_applies, run_cpu_inference
+from ..layers.common import BlockStack, channels_last_to_nchw
+from ..layers.memory import recompute_norms_and_gelus, saves_memory_here
 
 #: Compiled callables of backbones built with ``compile``, kept outside the
 #: modules so that deep copies (EMA) and pickling are unaffected.
@@ -100,11 +106,18 @@ class DenseBackbone(BaseModule):
             ``trust_pickle`` (read a trusted file with full pickle).
         compile (bool | dict): Run the backbone through ``torch.compile``
             (a dict is passed as its keyword arguments). Default: False.
+        inference (str): ``'auto'``: float32 CPU inference (eval mode, no
+            autograd, no autocast, not traced or compiled) runs in the CPU
+            inference engine (:mod:`..cpu_inference`, equal to the reference
+            modules to float32 rounding, faster and leaner); ``'reference'``:
+            always run the reference modules. Default: 'auto'.
     """
 
     #: Family name used in checkpoint messages.
     family = 'backbone'
     num_stages = 4
+    #: Smallest input side the backbone accepts.
+    min_input_size = 1
 
     def __init__(self,
                  out_indices: Sequence[int] = (0, 1, 2, 3),
@@ -113,7 +126,8 @@ class DenseBackbone(BaseModule):
                  with_cp: bool = False,
                  pretrained: Optional[str] = None,
                  init_cfg: Optional[Union[dict, List[dict]]] = None,
-                 compile: Union[bool, dict] = False) -> None:
+                 compile: Union[bool, dict] = False,
+                 inference: str = 'auto') -> None:
         if pretrained is not None:
             if init_cfg is not None:
                 raise AssertionError(
@@ -143,11 +157,33 @@ class DenseBackbone(BaseModule):
             raise TypeError(f'{type(self).__name__}: compile must be a bool '
                             f'or a dict of torch.compile options, got '
                             f'{type(compile).__name__}.')
+        if inference not in ('auto', 'reference'):
+            raise ValueError(f'{type(self).__name__}: inference must be '
+                             f"'auto' or 'reference', got {inference!r}.")
         self.compile = compile
+        self.inference = inference
         self.out_indices = out_indices
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
         self.with_cp = with_cp
+
+    @property
+    def with_cp(self) -> bool:
+        """Gradient checkpointing per block (set on every stage)."""
+        return self._with_cp
+
+    @with_cp.setter
+    def with_cp(self, value: bool) -> None:
+        self._with_cp = bool(value)
+        for module in self.modules():
+            if isinstance(module, BlockStack):
+                module.with_cp = self._with_cp
+
+    def _finish_build(self) -> None:
+        """End of a subclass ``__init__``: hand ``with_cp`` to the stages
+        and freeze ``frozen_stages``."""
+        self.with_cp = self._with_cp
+        self._freeze_stages()
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Call the module, through ``torch.compile`` if ``compile`` is set
@@ -162,6 +198,17 @@ class DenseBackbone(BaseModule):
         return compiled(*args, **kwargs)
 
     # ---------------------------------------------------------- subclass API
+    def stage_input(self, stage: int, x: torch.Tensor) -> torch.Tensor:
+        """What stage ``stage`` reads: the stem applied to the (B, C, H, W)
+        image for stage 0, the downsampling of the previous stage's
+        (B, H, W, C) output after; a channels-last (B, H_i, W_i, C_i)
+        map."""
+        raise NotImplementedError
+
+    def stage(self, stage: int) -> nn.Module:
+        """The module running the blocks of stage ``stage``."""
+        raise NotImplementedError
+
     def _init_from_scratch(self) -> None:
         """Initialise every parameter for training from scratch."""
         raise NotImplementedError
@@ -173,13 +220,82 @@ class DenseBackbone(BaseModule):
 
     def optional_keys(self) -> List[str]:
         """Keys (or ``'prefix.'``) a converted checkpoint may carry that this
-        configuration does not have (e.g. output norms it does not build)."""
-        return []
+        configuration does not have: the output norms it does not build."""
+        return [
+            f'norm{i}.' for i in range(self.num_stages)
+            if not hasattr(self, f'norm{i}')
+        ]
 
     def _stage_modules(self, stage: int) -> List[nn.Module]:
         """Modules frozen by ``frozen_stages``: ``-1`` is the stem, ``i`` the
         stage ``i`` (including its output norm, if any)."""
         raise NotImplementedError
+
+    # --------------------------------------------------------------- forward
+    def _check_input(self, x: torch.Tensor) -> None:
+        name, channels = type(self).__name__, self.in_channels
+        if x.dim() != 4 or x.shape[1] != channels:
+            raise ValueError(
+                f'{name} expects images of shape (B, {channels}, H, W), got '
+                f'{tuple(x.shape)}. Convert grayscale images to {channels} '
+                'channels (e.g. color_type="color" in LoadImageFromFile) or '
+                'set in_channels.')
+        if min(x.shape[-2:]) < self.min_input_size:
+            raise ValueError(
+                f'{name} needs inputs of at least {self.min_input_size}x'
+                f'{self.min_input_size} (its patch embeddings floor to '
+                f'stride 32), got {tuple(x.shape[-2:])}.')
+
+    def forward_stages(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """Run all stages of the reference modules; return each stage's
+        output before the output norms, as channels-last
+        ``(B, H_i, W_i, C_i)`` maps."""
+        stage_outputs = []
+        for i in range(self.num_stages):
+            x = self.stage(i)(self.stage_input(i, x))
+            stage_outputs.append(x)
+        return stage_outputs
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """Args: x (Tensor): (B, C, H, W) images.
+
+        Returns:
+            tuple[Tensor]: One (B, C_i, H_i, W_i) map per ``out_indices``.
+        """
+        self._check_input(x)
+        if cpu_inference_applies(self, x):
+            return run_cpu_inference(self, x)
+        with recompute_norms_and_gelus(enabled=saves_memory_here()):
+            stage_outputs = self.forward_stages(x)
+            return tuple(
+                channels_last_to_nchw(self.output_norm(i)(stage_outputs[i]))
+                for i in self.out_indices)
+
+    def output_norm(self, stage: int) -> nn.Module:
+        """The output norm ``norm{stage}`` (identity where there is none)."""
+        return getattr(self, f'norm{stage}', nn.Identity())
+
+    def _add_output_norms(self, eps: float = 1e-5) -> None:
+        """Build ``norm{i}`` (LayerNorm of stage ``i``'s width) for every
+        output index."""
+        for i in self.out_indices:
+            self.add_module(f'norm{i}',
+                            nn.LayerNorm(self.embed_dims[i], eps=eps))
+
+    def _create_output_norm_keys(self, state_dict: Dict[str, Any]
+                                 ) -> List[str]:
+        """Add this model's output norms (weight 1, bias 0) to a converted
+        state dict where it lacks them; return the keys created."""
+        created = []
+        for i in self.out_indices:
+            if not hasattr(self, f'norm{i}'):
+                continue
+            for name, fill in (('weight', torch.ones), ('bias', torch.zeros)):
+                key = f'norm{i}.{name}'
+                if key not in state_dict:
+                    state_dict[key] = fill(self.embed_dims[i])
+                    created.append(key)
+        return created
 
     # --------------------------------------------------------------- loading
     def _pretrained_cfg(self) -> Optional[dict]:

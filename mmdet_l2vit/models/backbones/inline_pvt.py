@@ -8,15 +8,12 @@ from mmengine.logging import print_log
 from mmengine.model.weight_init import constant_init, trunc_normal_init
 from torch import nn
 
+from mmengine.utils import to_2tuple
+
 from ...checkpoint import ConvertedStateDict, match_any
 from ...registry import register_into_toolboxes
-from ..layers.chunked import (Workspace, channels_last_to_nchw, layer_norm_,
-                              norm_to_nchw)
-from ..layers.common import (Mlp, build_drop_path, checkpointed,
-                             drop_path_rates, residual_fusable)
-from ..layers.fused import onednn_fusable
-from ..layers.inline_attention import (KERNEL_FUNCS, InLineAttention,
-                                       inline_block_inference)
+from ..layers.common import BlockStack, Mlp, build_drop_path, drop_path_rates
+from ..layers.inline_attention import KERNEL_FUNCS, InLineAttention
 from .base import DenseBackbone, check_stage_lists, resolve_arch
 
 
@@ -43,10 +40,7 @@ class PVTPatchEmbed(nn.Module):
         # A channels-last input gives a channels-last conv output, whose
         # (B, H, W, C) permute the LayerNorm reads without a copy.
         x = self.proj(x.contiguous(memory_format=torch.channels_last))
-        x = x.permute(0, 2, 3, 1)
-        if onednn_fusable(x):  # inference: normalise in place, in chunks
-            return layer_norm_(x.contiguous(), self.norm)
-        return self.norm(x)
+        return self.norm(x.permute(0, 2, 3, 1))
 
 
 class InLinePVTBlock(nn.Module):
@@ -71,35 +65,10 @@ class InLinePVTBlock(nn.Module):
         self.norm2 = nn.LayerNorm(embed_dims, eps=1e-6)
         self.mlp = Mlp(embed_dims, int(embed_dims * mlp_ratio))
 
-    def forward(self,
-                x: torch.Tensor,
-                workspace: Optional[Workspace] = None,
-                inplace: bool = False) -> torch.Tensor:
-        """Args:
-            x (Tensor): (B, H, W, C).
-            workspace (Workspace, optional): Scratch buffers shared by the
-                blocks of one inference forward.
-            inplace (bool): CPU inference may write the output over ``x``.
-        """
-        if not residual_fusable(self, self.drop_path):
-            x = x + self.drop_path(self.attn(x, norm=self.norm1))
-            return x + self.drop_path(self.mlp(x, norm=self.norm2))
-        if onednn_fusable(x):  # CPU inference: row bands, fused epilogues
-            return inline_block_inference(x, self.norm1, self.attn,
-                                          self.norm2, self.mlp,
-                                          out=x if inplace else None,
-                                          workspace=workspace)
-        x = self.attn(x, residual=x, norm=self.norm1)
-        return self.mlp(x, residual=x, norm=self.norm2)
-
-
-def _to_2tuple(size: Union[int, Sequence[int]]) -> Tuple[int, int]:
-    if isinstance(size, int):
-        return size, size
-    size = tuple(size)
-    assert len(size) <= 2, f'pretrain_img_size must be an int or (H, W), ' \
-        f'got {size!r}'
-    return (size[0], size[0]) if len(size) == 1 else size
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, C) -> (B, H, W, C)."""
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
 #: Widths shared by every released InLine-PVT (head dim 32).
@@ -148,8 +117,9 @@ class InLinePVT(DenseBackbone):
             checkpoint=PATH)`` loads an official InLine-PVT classification
             checkpoint as released.
         compile (bool | dict): Run the backbone through ``torch.compile``
-            (a dict is passed as its options). Default: False (eager, with
-            the fused chunked CPU inference path).
+            (a dict is passed as its options). Default: False.
+        inference (str): ``'auto'`` (float32 CPU inference takes the CPU
+            inference engine) or ``'reference'``. Default: 'auto'.
 
     Examples:
         >>> import torch
@@ -170,6 +140,7 @@ class InLinePVT(DenseBackbone):
     arch_required = ('embed_dims', 'depths', 'num_heads', 'mlp_ratios')
     #: Patch size of each stage's embedding.
     patch_sizes = (4, 2, 2, 2)
+    min_input_size = 32
 
     def __init__(self,
                  arch: Union[str, Dict[str, Any]] = 'tiny',
@@ -184,11 +155,12 @@ class InLinePVT(DenseBackbone):
                  with_cp: bool = False,
                  pretrained: Optional[str] = None,
                  init_cfg: Optional[Union[dict, List[dict]]] = None,
-                 compile: Union[bool, dict] = False) -> None:
+                 compile: Union[bool, dict] = False,
+                 inference: str = 'auto') -> None:
         super().__init__(out_indices=out_indices, frozen_stages=frozen_stages,
                          norm_eval=norm_eval, with_cp=with_cp,
                          pretrained=pretrained, init_cfg=init_cfg,
-                         compile=compile)
+                         compile=compile, inference=inference)
         self.arch_settings = self._check_arch(arch)
         if kernel_func not in KERNEL_FUNCS:
             raise ValueError(f'InLinePVT: unknown kernel_func {kernel_func!r}'
@@ -201,7 +173,7 @@ class InLinePVT(DenseBackbone):
         self.out_norms = out_norms
 
         # Stored position-embedding grid of each stage (56, 28, 14, 7 at 224).
-        grid = _to_2tuple(pretrain_img_size)
+        grid = to_2tuple(pretrain_img_size)
         self.pos_grids: List[Tuple[int, int]] = []
         for patch in self.patch_sizes:
             grid = (grid[0] // patch, grid[1] // patch)
@@ -224,15 +196,14 @@ class InLinePVT(DenseBackbone):
             first = sum(depths[:i])
             self.add_module(
                 f'block{i + 1}',
-                nn.ModuleList([
+                BlockStack([
                     InLinePVTBlock(dims[i], heads[i], mlp_ratios[i],
                                    rates[first + j], kernel_func)
                     for j in range(depths[i])
                 ]))
         if out_norms:
-            for i in self.out_indices:
-                self.add_module(f'norm{i}', nn.LayerNorm(dims[i], eps=1e-6))
-        self._freeze_stages()
+            self._add_output_norms(eps=1e-6)
+        self._finish_build()
 
     def _check_arch(self, arch: Union[str, Dict[str, Any]]) -> Dict[str, Any]:
         settings = resolve_arch(arch, self.arch_zoo, self.arch_required, {},
@@ -273,52 +244,14 @@ class InLinePVT(DenseBackbone):
                             mode='bilinear', align_corners=False)
         return pos.permute(0, 2, 3, 1)
 
-    def forward_stages(self, x: torch.Tensor) -> List[torch.Tensor]:
-        """Run all stages; return each stage's last-block output (no norm)
-        as a channels-last ``(B, H_i, W_i, C_i)`` map."""
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(
-                f'InLinePVT expects images of shape (B, {self.in_channels}, '
-                f'H, W), got {tuple(x.shape)}. Convert grayscale images to '
-                f'{self.in_channels} channels (e.g. color_type="color" in '
-                'LoadImageFromFile) or set in_channels.')
-        if min(x.shape[-2:]) < 32:
-            raise ValueError(
-                f'InLinePVT needs inputs of at least 32x32 (its patch '
-                f'embeddings floor to stride 32), got {tuple(x.shape[-2:])}.')
-        stage_outputs = []
-        # inference: blocks write over their input and share scratch buffers
-        inference = onednn_fusable(x)
-        workspace = Workspace() if inference else None
-        for i in range(self.num_stages):
-            x = getattr(self, f'patch_embed{i + 1}')(x)
-            # in place into the fresh LayerNorm output (whose backward
-            # does not need it)
-            x += self.stage_pos_embed(i, x.shape[1], x.shape[2])
-            for block in getattr(self, f'block{i + 1}'):
-                if self.with_cp and x.requires_grad:
-                    x = checkpointed(block, x)
-                else:
-                    x = block(x, workspace=workspace, inplace=inference)
-            stage_outputs.append(x)
-            x = x.permute(0, 3, 1, 2)  # NCHW view for the next conv
-        return stage_outputs
+    def stage_input(self, stage: int, x: torch.Tensor) -> torch.Tensor:
+        if stage > 0:
+            x = x.permute(0, 3, 1, 2)  # NCHW view of the previous map
+        x = getattr(self, f'patch_embed{stage + 1}')(x)
+        return x + self.stage_pos_embed(stage, x.shape[1], x.shape[2])
 
-    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        """Args: x (Tensor): (B, C, H, W) images.
-
-        Returns:
-            tuple[Tensor]: One (B, C_i, H_i, W_i) map per ``out_indices``.
-        """
-        stage_outputs = self.forward_stages(x)
-        outs = []
-        for i in self.out_indices:
-            out = stage_outputs[i]
-            if self.out_norms:
-                outs.append(norm_to_nchw(out, getattr(self, f'norm{i}')))
-            else:
-                outs.append(channels_last_to_nchw(out))
-        return tuple(outs)
+    def stage(self, stage: int) -> nn.Module:
+        return getattr(self, f'block{stage + 1}')
 
     # ----------------------------------------------------------- init / load
     def _init_from_scratch(self) -> None:
@@ -329,12 +262,6 @@ class InLinePVT(DenseBackbone):
                 constant_init(module, val=1., bias=0.)
         for i in range(self.num_stages):
             nn.init.trunc_normal_(getattr(self, f'pos_embed{i + 1}'), std=.02)
-
-    def _output_norm_keys(self) -> List[str]:
-        if not self.out_norms:
-            return []
-        return [f'norm{i}.{name}' for i in self.out_indices
-                for name in ('weight', 'bias')]
 
     def convert_official_state_dict(
             self, state_dict: Dict[str, Any]) -> ConvertedStateDict:
@@ -357,12 +284,7 @@ class InLinePVT(DenseBackbone):
             pos = converted.get(key)
             if isinstance(pos, torch.Tensor):
                 converted[key] = self._fit_pos_embed(key, pos, i)
-        created = []
-        own = self.state_dict()
-        for key in self._output_norm_keys():
-            if key not in converted:
-                converted[key] = own[key].detach().clone()
-                created.append(key)
+        created = self._create_output_norm_keys(converted)
         return ConvertedStateDict(converted, kept, dropped, created)
 
     def _fit_pos_embed(self, key: str, pos: torch.Tensor,
@@ -382,14 +304,6 @@ class InLinePVT(DenseBackbone):
                   level=logging.INFO)
         return resized.permute(0, 2, 3, 1).reshape(1, gh * gw, -1).to(
             pos.dtype)
-
-    def optional_keys(self) -> List[str]:
-        built = {f'norm{i}.' for i in self.out_indices} if self.out_norms \
-            else set()
-        return [
-            f'norm{i}.' for i in range(self.num_stages)
-            if f'norm{i}.' not in built
-        ]
 
     @classmethod
     def infer_arch_from_state_dict(

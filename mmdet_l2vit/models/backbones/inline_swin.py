@@ -1,25 +1,17 @@
 """InLine-Swin backbone for dense prediction."""
-import logging
 import re
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
-from mmengine.logging import print_log
 from mmengine.model.weight_init import constant_init, trunc_normal_init
 from torch import nn
 
 from ...checkpoint import ConvertedStateDict, match_any
 from ...registry import register_into_toolboxes
-from ..layers.chunked import (Workspace, chunk_rows, layer_norm_,
-                              mlp_block_inference, norm_to_nchw)
-from ..layers.common import (Mlp, build_drop_path, checkpointed,
-                             drop_path_rates, residual_fusable)
-from ..layers.fused import layer_norm_linear, linear, onednn_fusable
-from ..layers.inline_attention import (KERNEL_FUNCS, InLineAttention,
-                                       inline_block_inference)
-from ..layers.swin_window_attention import (
-    SwinWindowAttention, resize_relative_position_bias_table)
+from ..layers.common import BlockStack, Mlp, build_drop_path, drop_path_rates
+from ..layers.inline_attention import KERNEL_FUNCS, InLineAttention
+from ..layers.swin_window_attention import SwinWindowAttention
 from .base import DenseBackbone, check_stage_lists, resolve_arch
 
 
@@ -108,10 +100,7 @@ class SwinPatchEmbed(nn.Module):
         # A channels-last input gives a channels-last conv output, whose
         # (B, H, W, C) permute the LayerNorm reads without a copy.
         x = self.proj(x.contiguous(memory_format=torch.channels_last))
-        x = x.permute(0, 2, 3, 1)
-        if onednn_fusable(x):  # inference: normalise in place, in chunks
-            return layer_norm_(x.contiguous(), self.norm)
-        return self.norm(x)
+        return self.norm(x.permute(0, 2, 3, 1))
 
 
 class PatchMerging(nn.Module):
@@ -132,25 +121,13 @@ class PatchMerging(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, H, W, C) -> (B, ceil(H/2), ceil(W/2), 2C)."""
-        B, H, W, C = x.shape
+        H, W = x.shape[1:3]
         if H % 2 or W % 2:
             x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))
-            H, W = H + H % 2, W + W % 2
-        if not onednn_fusable(x):  # (training: the norm is recomputed)
-            return layer_norm_linear(self._gather(x), self.norm,
-                                     self.reduction)
-        # inference: gather, normalise and reduce bands of output rows
-        out = x.new_empty(B, H // 2, W // 2, self.reduction.out_features)
-        rows = chunk_rows(H // 2, W // 2, 4 * C, x.element_size())
-        for top in range(0, H // 2, rows):
-            bottom = min(top + rows, H // 2)
-            out[:, top:bottom] = linear(
-                self.norm(self._gather(x[:, 2 * top:2 * bottom])),
-                self.reduction)
-        return out
+        return self.reduction(self.norm(self.gather_2x2(x)))
 
     @staticmethod
-    def _gather(x: torch.Tensor) -> torch.Tensor:
+    def gather_2x2(x: torch.Tensor) -> torch.Tensor:
         """(B, H, W, C), even H and W -> (B, H/2, W/2, 4C): the view
         (B, H/2, row parity, W/2, col parity, C) with the channel blocks
         ordered (col parity, row parity), i.e. the official concat order,
@@ -193,39 +170,15 @@ class InLineSwinBlock(nn.Module):
         self.norm2 = nn.LayerNorm(embed_dims)
         self.mlp = Mlp(embed_dims, int(embed_dims * mlp_ratio))
 
-    def forward(self,
-                x: torch.Tensor,
-                workspace: Optional[Workspace] = None,
-                inplace: bool = False) -> torch.Tensor:
-        """Args:
-            x (Tensor): (B, H, W, C).
-            workspace (Workspace, optional): Scratch buffers shared by the
-                blocks of one inference forward.
-            inplace (bool): CPU inference may write the output over ``x``.
-        """
-        if not residual_fusable(self, self.drop_path):
-            if self.kind == 'I':
-                x = x + self.drop_path(self.attn(x, norm=self.norm1))
-            else:
-                x = x + self.drop_path(self.attn(self.norm1(x)))
-            return x + self.drop_path(self.mlp(x, norm=self.norm2))
-        inference = onednn_fusable(x)  # CPU inference: chunked, fused
-        if inference and self.kind == 'I':
-            return inline_block_inference(x, self.norm1, self.attn,
-                                          self.norm2, self.mlp,
-                                          out=x if inplace else None,
-                                          workspace=workspace)
-        if self.kind == 'I':
-            x = self.attn(x, residual=x, norm=self.norm1)
-        else:
-            x = self.attn(self.norm1(x), residual=x)
-        if inference:
-            return mlp_block_inference(x, self.norm2, self.mlp)
-        return self.mlp(x, residual=x, norm=self.norm2)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, C) -> (B, H, W, C)."""
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
 class InLineSwinStage(nn.Module):
-    """Blocks of one stage, then the optional patch merging.
+    """The blocks of one stage and the patch merging that follows it (the
+    backbone takes the stage output before the merging).
 
     Args:
         blocks (list[nn.Module]): The blocks.
@@ -235,8 +188,12 @@ class InLineSwinStage(nn.Module):
     def __init__(self, blocks: List[nn.Module],
                  downsample: Optional[nn.Module] = None) -> None:
         super().__init__()
-        self.blocks = nn.ModuleList(blocks)
+        self.blocks = BlockStack(blocks)
         self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, C) -> the last block's (B, H, W, C) output."""
+        return self.blocks(x)
 
 
 @register_into_toolboxes()
@@ -283,8 +240,9 @@ class InLineSwin(DenseBackbone):
             checkpoint=PATH)`` loads an official InLine-Swin classification
             checkpoint as released.
         compile (bool | dict): Run the backbone through ``torch.compile``
-            (a dict is passed as its options). Default: False (eager, with
-            the fused chunked CPU inference path).
+            (a dict is passed as its options). Default: False.
+        inference (str): ``'auto'`` (float32 CPU inference takes the CPU
+            inference engine) or ``'reference'``. Default: 'auto'.
 
     Examples:
         >>> import torch
@@ -320,11 +278,12 @@ class InLineSwin(DenseBackbone):
                  with_cp: bool = False,
                  pretrained: Optional[str] = None,
                  init_cfg: Optional[Union[dict, List[dict]]] = None,
-                 compile: Union[bool, dict] = False) -> None:
+                 compile: Union[bool, dict] = False,
+                 inference: str = 'auto') -> None:
         super().__init__(out_indices=out_indices, frozen_stages=frozen_stages,
                          norm_eval=norm_eval, with_cp=with_cp,
                          pretrained=pretrained, init_cfg=init_cfg,
-                         compile=compile)
+                         compile=compile, inference=inference)
         self.arch_settings = self._check_arch(arch)
         if kernel_func not in KERNEL_FUNCS:
             raise ValueError(f'InLineSwin: unknown kernel_func '
@@ -361,9 +320,8 @@ class InLineSwin(DenseBackbone):
             downsample = PatchMerging(dims[i]) \
                 if i < self.num_stages - 1 else None
             self.layers.append(InLineSwinStage(blocks, downsample))
-        for i in self.out_indices:
-            self.add_module(f'norm{i}', nn.LayerNorm(dims[i]))
-        self._freeze_stages()
+        self._add_output_norms()
+        self._finish_build()
 
     def _check_arch(self, arch: Union[str, Dict[str, Any]]) -> Dict[str, Any]:
         settings = resolve_arch(arch, self.arch_zoo, self.arch_required,
@@ -387,42 +345,13 @@ class InLineSwin(DenseBackbone):
         return settings
 
     # ---------------------------------------------------------------- forward
-    def forward_stages(self, x: torch.Tensor) -> List[torch.Tensor]:
-        """Run all stages; return each stage's last-block output (before
-        patch merging and output norms) as a channels-last
-        ``(B, H_i, W_i, C_i)`` map."""
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(
-                f'InLineSwin expects images of shape (B, {self.in_channels}, '
-                f'H, W), got {tuple(x.shape)}. Convert grayscale images to '
-                f'{self.in_channels} channels (e.g. color_type="color" in '
-                'LoadImageFromFile) or set in_channels.')
-        # inference: blocks write over their input and share scratch buffers
-        inference = onednn_fusable(x)
-        workspace = Workspace() if inference else None
-        x = self.patch_embed(x)
-        stage_outputs = []
-        for stage in self.layers:
-            for block in stage.blocks:
-                if self.with_cp and x.requires_grad:
-                    x = checkpointed(block, x)
-                else:
-                    x = block(x, workspace=workspace, inplace=inference)
-            stage_outputs.append(x)
-            if stage.downsample is not None:
-                x = stage.downsample(x)
-        return stage_outputs
+    def stage_input(self, stage: int, x: torch.Tensor) -> torch.Tensor:
+        if stage == 0:
+            return self.patch_embed(x)
+        return self.layers[stage - 1].downsample(x)
 
-    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        """Args: x (Tensor): (B, C, H, W) images.
-
-        Returns:
-            tuple[Tensor]: One (B, C_i, H_i, W_i) map per ``out_indices``.
-        """
-        stage_outputs = self.forward_stages(x)
-        return tuple(
-            norm_to_nchw(stage_outputs[i], getattr(self, f'norm{i}'))
-            for i in self.out_indices)
+    def stage(self, stage: int) -> nn.Module:
+        return self.layers[stage]
 
     # ----------------------------------------------------------- init / load
     def _init_from_scratch(self) -> None:
@@ -445,8 +374,9 @@ class InLineSwin(DenseBackbone):
 
         Drops the classifier ``head.*`` and its final ``norm.*``, the derived
         buffers ``*.relative_position_index`` and ``*.attn_mask`` (recomputed
-        at runtime), resizes relative-position tables of another window
-        (bicubic), keeps everything else 1:1 and creates ``norm{i}`` (1/0)
+        at runtime), keeps everything else 1:1 (relative-position tables of
+        another window are resized when loaded, by the attention's load
+        pre-hook) and creates ``norm{i}`` (1/0)
         for each output index.
         """
         dropped = [
@@ -458,32 +388,8 @@ class InLineSwin(DenseBackbone):
             for k, v in state_dict.items() if k not in dropped
         }
         kept = list(converted)
-        own = self.state_dict()
-        for key, table in converted.items():
-            mine = own.get(key)
-            if (key.endswith('relative_position_bias_table')
-                    and mine is not None and table.dim() == 2
-                    and table.shape != mine.shape
-                    and table.shape[1] == mine.shape[1]):
-                converted[key] = resize_relative_position_bias_table(
-                    table, self.softmax_window_size)
-                print_log(f'InLineSwin: resized {key} {tuple(table.shape)} '
-                          f'-> {tuple(mine.shape)} (bicubic).',
-                          logger='current', level=logging.INFO)
-        created = []
-        for i in self.out_indices:
-            for name in ('weight', 'bias'):
-                key = f'norm{i}.{name}'
-                if key not in converted:
-                    converted[key] = own[key].detach().clone()
-                    created.append(key)
+        created = self._create_output_norm_keys(converted)
         return ConvertedStateDict(converted, kept, dropped, created)
-
-    def optional_keys(self) -> List[str]:
-        return [
-            f'norm{i}.' for i in range(self.num_stages)
-            if i not in self.out_indices
-        ]
 
     @classmethod
     def infer_arch_from_state_dict(

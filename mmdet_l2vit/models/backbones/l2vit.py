@@ -1,6 +1,6 @@
 """L²ViT backbone for dense prediction."""
 import math
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 from mmengine.model.weight_init import (constant_init, kaiming_init,
@@ -10,9 +10,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...checkpoint import ConvertedStateDict, match_any
 from ...registry import register_into_toolboxes
-from ..layers.chunked import Workspace, norm_to_nchw
-from ..layers.common import checkpointed, drop_path_rates
-from ..layers.fused import onednn_fusable
+from ..layers.common import BlockStack, drop_path_rates
 from ..layers.l2vit_blocks import Downsample, LGABlock, LWABlock, StemEmbed
 from .base import DenseBackbone, check_stage_lists, resolve_arch
 
@@ -48,6 +46,8 @@ class L2ViT(DenseBackbone):
             checkpoint=PATH)`` loads an official classification checkpoint
             (e.g. ``L2ViT-Tiny-checkpoint-best-ema.pth``) as released.
         compile (bool | dict): Run through ``torch.compile``. Default: False.
+        inference (str): ``'auto'`` (float32 CPU inference takes the CPU
+            inference engine) or ``'reference'``. Default: 'auto'.
 
     Examples:
         >>> import torch
@@ -83,11 +83,12 @@ class L2ViT(DenseBackbone):
                  with_cp: bool = False,
                  pretrained: Optional[str] = None,
                  init_cfg: Optional[Union[dict, List[dict]]] = None,
-                 compile: Union[bool, dict] = False) -> None:
+                 compile: Union[bool, dict] = False,
+                 inference: str = 'auto') -> None:
         super().__init__(out_indices=out_indices, frozen_stages=frozen_stages,
                          norm_eval=norm_eval, with_cp=with_cp,
                          pretrained=pretrained, init_cfg=init_cfg,
-                         compile=compile)
+                         compile=compile, inference=inference)
         self.arch_settings = self._check_arch(arch)
         dims = self.embed_dims = list(self.arch_settings['embed_dims'])
         depths = self.depths = list(self.arch_settings['depths'])
@@ -105,15 +106,14 @@ class L2ViT(DenseBackbone):
         for i, depth in enumerate(depths):
             first = sum(depths[:i])
             self.stages.append(
-                nn.ModuleList([
+                BlockStack([
                     LWABlock(dims[i], heads[i], self.window_size, mlp_ratio,
                              rates[first + j]) if j % 2 == 0 else
                     LGABlock(dims[i], heads[i], mlp_ratio, rates[first + j])
                     for j in range(depth)
                 ]))
-        for i in self.out_indices:
-            self.add_module(f'norm{i}', nn.LayerNorm(dims[i]))
-        self._freeze_stages()
+        self._add_output_norms()
+        self._finish_build()
 
     def _check_arch(self, arch: Union[str, Dict[str, Any]]) -> Dict[str, Any]:
         settings = resolve_arch(arch, self.arch_zoo, self.arch_required,
@@ -133,41 +133,12 @@ class L2ViT(DenseBackbone):
             raise ValueError('L2ViT: window_size must be a positive int.')
         return settings
 
-    # ---------------------------------------------------------------- forward
-    def forward_stages(self, x: torch.Tensor) -> List[torch.Tensor]:
-        """Run all stages; return each stage's output tokens **before** the
-        output norms, as channels-last ``(B, H_i, W_i, C_i)`` maps."""
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(
-                f'L2ViT expects images of shape (B, {self.in_channels}, H, '
-                f'W), got {tuple(x.shape)}. Convert grayscale images to '
-                f'{self.in_channels} channels (e.g. color_type="color" in '
-                'LoadImageFromFile) or set in_channels.')
-        # CPU inference: the blocks share scratch buffers and write over
-        # their input (a stage's first input is the fresh downsample output)
-        inference = onednn_fusable(x)
-        workspace = Workspace() if inference else None
-        stage_outputs = []
-        for i in range(self.num_stages):
-            x = self.downsample_layers[i](x, workspace=workspace)
-            for block in self.stages[i]:
-                if self.with_cp and x.requires_grad:
-                    x = checkpointed(block, x)
-                else:
-                    x = block(x, workspace=workspace, inplace=inference)
-            stage_outputs.append(x)
-        return stage_outputs
+    # ---------------------------------------------------------------- stages
+    def stage_input(self, stage: int, x: torch.Tensor) -> torch.Tensor:
+        return self.downsample_layers[stage](x)
 
-    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        """Args: x (Tensor): (B, C, H, W) images.
-
-        Returns:
-            tuple[Tensor]: One (B, C_i, H_i, W_i) map per ``out_indices``.
-        """
-        stage_outputs = self.forward_stages(x)
-        return tuple(
-            norm_to_nchw(stage_outputs[i], getattr(self, f'norm{i}'))
-            for i in self.out_indices)
+    def stage(self, stage: int) -> nn.Module:
+        return self.stages[stage]
 
     # ----------------------------------------------------------- init / load
     def _init_from_scratch(self) -> None:
@@ -200,20 +171,8 @@ class L2ViT(DenseBackbone):
             for k, v in state_dict.items() if k not in dropped
         }
         kept = list(converted)
-        created = []
-        for i in self.out_indices:
-            for name, fill in (('weight', torch.ones), ('bias', torch.zeros)):
-                key = f'norm{i}.{name}'
-                if key not in converted:
-                    converted[key] = fill(self.embed_dims[i])
-                    created.append(key)
+        created = self._create_output_norm_keys(converted)
         return ConvertedStateDict(converted, kept, dropped, created)
-
-    def optional_keys(self) -> List[str]:
-        return [
-            f'norm{i}.' for i in range(self.num_stages)
-            if i not in self.out_indices
-        ]
 
     @classmethod
     def infer_arch_from_state_dict(

@@ -1,6 +1,6 @@
 """Small bricks shared by the backbones (pure torch + timm, no registries)."""
 import contextlib
-from typing import Iterator, List, Optional
+from typing import Iterable, Iterator, List
 
 import torch
 from timm.layers import DropPath
@@ -8,12 +8,9 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
-from .fused import (gelu_linear, layer_norm_linear, linear,
-                    onednn_fusable)
-
 
 class Mlp(nn.Module):
-    """Two-layer MLP ``fc1 -> GELU (exact) -> fc2`` on the last dimension.
+    """Two-layer MLP ``fc2(gelu(fc1(x)))`` (exact GELU) on the last dim.
 
     Args:
         in_features (int): Input and output channels.
@@ -23,32 +20,11 @@ class Mlp(nn.Module):
     def __init__(self, in_features: int, hidden_features: int) -> None:
         super().__init__()
         self.fc1 = nn.Linear(in_features, hidden_features)
+        self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden_features, in_features)
 
-    def forward(self,
-                x: torch.Tensor,
-                residual: Optional[torch.Tensor] = None,
-                norm: Optional[nn.LayerNorm] = None) -> torch.Tensor:
-        """``fc2(gelu(fc1(norm(x))))``, plus ``residual`` when given.
-
-        CPU inference fuses the GELU and the residual into the GEMM
-        epilogues; training keeps neither the normalised input nor the GELU
-        output alive (both are recomputed in backward), see :mod:`.fused`.
-
-        Args:
-            x (Tensor): (..., C) input.
-            residual (Tensor, optional): Added to the output.
-            norm (nn.LayerNorm, optional): Pre-norm applied to ``x`` first.
-        """
-        if onednn_fusable(x):
-            if norm is not None:
-                x = norm(x)
-            return linear(linear(x, self.fc1, gelu=True), self.fc2,
-                          residual=residual)
-        hidden = self.fc1(x) if norm is None else layer_norm_linear(
-            x, norm, self.fc1)
-        out = gelu_linear(hidden, self.fc2)
-        return out if residual is None else out.add_(residual)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
 
 
 def build_drop_path(drop_prob: float) -> nn.Module:
@@ -57,18 +33,32 @@ def build_drop_path(drop_prob: float) -> nn.Module:
     return DropPath(drop_prob) if drop_prob > 0. else nn.Identity()
 
 
-def residual_fusable(module: nn.Module, drop_path: nn.Module) -> bool:
-    """Whether ``x + drop_path(branch)`` may be computed as ``branch + x``
-    inside the branch's last op: the drop path is a no-op."""
-    return isinstance(drop_path, nn.Identity) or not module.training
-
-
 def drop_path_rates(drop_path_rate: float, depths: List[int]) -> List[float]:
     """Linear stochastic-depth schedule over all blocks."""
     return [
         float(r) for r in torch.linspace(
             0, drop_path_rate, sum(depths), device='cpu')
     ]
+
+
+def conv_channels_last(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Apply an NCHW conv module to a (B, H, W, C) map, returning (B, H, W,
+    C); the permutes are zero-copy views of a channels-last tensor."""
+    return conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+def channels_last_to_nchw(x: torch.Tensor) -> torch.Tensor:
+    """(B, H, W, C) -> contiguous (B, C, H, W), one 2-D transpose per image
+    (PyTorch's blocked transpose copy; ``permute(0, 3, 1, 2).contiguous()``
+    takes the generic strided copy, several times slower on CPU)."""
+    B, H, W, C = x.shape
+    tokens = x.reshape(B, H * W, C)
+    if B == 1:
+        return tokens[0].t().contiguous().view(1, C, H, W)
+    out = x.new_empty(B, C, H, W)
+    for i in range(B):
+        out[i].view(C, H * W).copy_(tokens[i].t())
+    return out
 
 
 @contextlib.contextmanager
@@ -99,3 +89,26 @@ def checkpointed(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
         block, x, use_reentrant=False,
         context_fn=lambda: (contextlib.nullcontext(),
                             _keep_batchnorm_stats(block)))
+
+
+class BlockStack(nn.ModuleList):
+    """The blocks of one stage, run in order (keys ``0``, ``1``, ... as an
+    ``nn.ModuleList``), each under gradient checkpointing when ``with_cp``.
+
+    Args:
+        blocks (Iterable[nn.Module]): The blocks.
+        with_cp (bool): Checkpoint every block while autograd records.
+    """
+
+    def __init__(self, blocks: Iterable[nn.Module],
+                 with_cp: bool = False) -> None:
+        super().__init__(blocks)
+        self.with_cp = with_cp
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self:
+            if self.with_cp and x.requires_grad:
+                x = checkpointed(block, x)
+            else:
+                x = block(x)
+        return x

@@ -19,8 +19,7 @@ import torch.nn.functional as F
 from mmengine.logging import print_log
 from torch import nn
 
-from .fused import linear
-from .window_attention import window_partition
+from .windows import window_partition, window_sdpa
 
 #: Attention logit added between tokens of different shift regions.
 MASK_VALUE = -100.
@@ -166,56 +165,47 @@ class SwinWindowAttention(nn.Module):
             return 0
         return self.shift_size
 
-    def _bias(self) -> torch.Tensor:
+    def attention_bias(self, height: int, width: int, shift: int,
+                       batch: int) -> torch.Tensor:
+        """What the window attention adds to its logits on a padded map.
+
+        Args:
+            height, width (int): Padded map size (multiples of the window).
+            shift (int): The cyclic shift (0: none).
+            batch (int): Images in the batch.
+
+        Returns:
+            Tensor: The relative position bias, (1, h, w*w, w*w), plus the
+            shift mask when shifted, (batch * nW, h, w*w, w*w). (4-D: a 3-D
+            mask would send CPU SDPA to its unfused math path.)
+        """
         n = self.window_size**2
         bias = self.relative_position_bias_table[
             self.relative_position_index.view(-1)]
-        return bias.view(n, n, self.num_heads).permute(2, 0, 1)  # (h, N, N)
+        bias = bias.view(n, n, self.num_heads).permute(2, 0, 1).unsqueeze(0)
+        if not shift:
+            return bias
+        mask = shifted_window_mask(height, width, self.window_size, shift,
+                                   device=bias.device)
+        bias = bias + mask.unsqueeze(1)  # (nW, h, N, N)
+        return bias.repeat(batch, 1, 1, 1) if batch > 1 else bias
 
-    def forward(self,
-                x: torch.Tensor,
-                residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Args:
             x (Tensor): (B, H, W, C), already normalised.
-            residual (Tensor, optional): (B, H, W, C) added to the output
-                (the block's skip connection, fused into the projection).
 
         Returns:
             Tensor: (B, H, W, C).
-
-        The qkv projection acts on the whole (padded, shifted) map; the one
-        permute into window-major head layout doubles as the window
-        partition, the one permute back as the merge.
         """
         B, H, W, C = x.shape
-        ws, heads = self.window_size, self.num_heads
+        ws = self.window_size
         shift = self.effective_shift(H, W)
-        pad_b, pad_r = (ws - H % ws) % ws, (ws - W % ws) % ws
-        if pad_b or pad_r:
-            x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
-        Hp, Wp = H + pad_b, W + pad_r
-        nh, nw = Hp // ws, Wp // ws
+        x = F.pad(x, (0, 0, 0, -W % ws, 0, -H % ws))
+        Hp, Wp = x.shape[1:3]
         if shift:
             x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
-        qkv = linear(x, self.qkv).view(B, nh, ws, nw, ws, 3, heads,
-                                       C // heads)
-        # -> (3, B * nW, heads, ws * ws, head_dims)
-        q, k, v = qkv.permute(5, 0, 1, 3, 6, 2, 4, 7).reshape(
-            3, B * nh * nw, heads, ws * ws, C // heads)
-        # 4-D masks (1 or B * nW, h, N, N): a 3-D one would send CPU SDPA
-        # to its unfused math path
-        bias = self._bias().unsqueeze(0)  # broadcast over windows
-        if shift:
-            mask = shifted_window_mask(Hp, Wp, ws, shift, device=x.device)
-            bias = bias + mask.unsqueeze(1)  # (nW, h, N, N)
-            if B > 1:
-                bias = bias.repeat(B, 1, 1, 1)
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=bias.to(q.dtype), scale=self.scale)
-        out = out.view(B, nh, nw, heads, ws, ws, C // heads).permute(
-            0, 1, 4, 2, 5, 3, 6).reshape(B, Hp, Wp, C)
+        out = window_sdpa(self.qkv(x), ws, self.num_heads,
+                          self.attention_bias(Hp, Wp, shift, B), self.scale)
         if shift:
             out = torch.roll(out, shifts=(shift, shift), dims=(1, 2))
-        if pad_b or pad_r:
-            out = out[:, :H, :W].contiguous()
-        return linear(out, self.proj, residual=residual)
+        return self.proj(out[:, :H, :W])

@@ -1,0 +1,97 @@
+"""The L²ViT runner of the CPU inference engine.
+
+The stem's BatchNorms are folded into its convs (ReLU fused), its LayerNorm
+runs in place over the conv output; a downsample layer normalises into the
+workspace's :data:`.l2vit_blocks.SHARED_MAP`; every block then works in place
+on the fresh downsample output (:mod:`.l2vit_blocks`); the output norms run
+chunked, written transposed to NCHW.
+"""
+from typing import Callable, Dict, Tuple, Type
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..layers.l2vit_blocks import LGABlock, LWABlock
+from .chunks import Workspace, layer_norm_into
+from .l2vit_blocks import SHARED_MAP, lga_block_, lwa_block_
+from .onednn import conv2d_relu, fold_batchnorm
+from .outputs import nchw_outputs
+
+
+def stem(embed: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The stride-4 stem: zero pad right/bottom to a multiple of 4, conv3x3
+    + BN + ReLU, conv3x3 + BN (BatchNorms folded), LayerNorm in place.
+
+    Args:
+        embed (nn.Module): The StemEmbed (``proj.proj`` = conv, bn, ReLU,
+            conv, bn; ``norm``).
+        x (Tensor): (B, C_in, H, W) images (not modified).
+
+    Returns:
+        Tensor: (B, ceil(H/4), ceil(W/4), C), contiguous.
+    """
+    H, W = x.shape[-2:]
+    if H % 4 or W % 4:
+        x = F.pad(x, (0, -W % 4, 0, -H % 4))
+    x = x.contiguous(memory_format=torch.channels_last)
+    conv1, bn1, _, conv2, bn2 = embed.proj.proj
+    weight, bias = fold_batchnorm(conv1, bn1)
+    x = conv2d_relu(x, weight, bias, conv1)
+    weight, bias = fold_batchnorm(conv2, bn2)
+    x = F.conv2d(x, weight, bias, conv2.stride, conv2.padding)
+    x = x.permute(0, 2, 3, 1).contiguous()  # channels-last: no copy
+    return layer_norm_into(x, embed.norm, x)
+
+
+def downsample(layer: nn.Module, x: torch.Tensor,
+               workspace: Workspace) -> torch.Tensor:
+    """LayerNorm into :data:`SHARED_MAP`, zero pad odd sizes right/bottom,
+    2x2 stride-2 conv.
+
+    Args:
+        layer (nn.Module): The Downsample (``norm``, ``proj``).
+        x (Tensor): (B, H, W, C_in) (not modified).
+        workspace (Workspace): Scratch buffers of this forward.
+
+    Returns:
+        Tensor: (B, ceil(H/2), ceil(W/2), C_out), a new contiguous map.
+    """
+    x = layer_norm_into(x, layer.norm,
+                        workspace.get(SHARED_MAP, tuple(x.shape), x))
+    H, W = x.shape[1:3]
+    if H % 2 or W % 2:
+        x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))
+    return layer.proj(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+#: The in-place runner of each L²ViT block class.
+BLOCK_RUNNERS: Dict[Type[nn.Module], Callable[..., torch.Tensor]] = {
+    LWABlock: lwa_block_,
+    LGABlock: lga_block_,
+}
+
+
+def run_l2vit(backbone: nn.Module, x: torch.Tensor
+              ) -> Tuple[torch.Tensor, ...]:
+    """The L²ViT backbone's output for CPU inference.
+
+    Args:
+        backbone (nn.Module): The L2ViT (eval mode).
+        x (Tensor): (B, C_in, H, W) images, validated by the backbone.
+
+    Returns:
+        tuple[Tensor]: One contiguous (B, C_i, H_i, W_i) map per
+        ``backbone.out_indices``, output norms applied.
+    """
+    workspace = Workspace()
+    stage_outputs = []
+    for i in range(max(backbone.out_indices) + 1):
+        layer = backbone.downsample_layers[i]
+        x = stem(layer, x) if i == 0 else downsample(layer, x, workspace)
+        for block in backbone.stages[i]:
+            # lwa_block_ / lga_block_, looked up at call time
+            x = globals()[BLOCK_RUNNERS[type(block)].__name__](block, x,
+                                                               workspace)
+        stage_outputs.append(x)
+    return nchw_outputs(backbone, stage_outputs, out_norms=True)
