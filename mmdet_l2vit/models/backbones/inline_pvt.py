@@ -174,6 +174,9 @@ class InLinePVT(DenseBackbone):
 
         # Stored position-embedding grid of each stage (56, 28, 14, 7 at 224).
         grid = to_2tuple(pretrain_img_size)
+        if len(grid) != 2:
+            raise ValueError(f'InLinePVT: pretrain_img_size must be an int '
+                             f'or (H, W), got {pretrain_img_size!r}.')
         self.pos_grids: List[Tuple[int, int]] = []
         for patch in self.patch_sizes:
             grid = (grid[0] // patch, grid[1] // patch)

@@ -13,11 +13,12 @@ forward. Results equal the unchunked computation up to float32 rounding
 The sizes below are module globals read at call time (tests shrink them to
 force many chunks and bands).
 """
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
+from ..layers.common import channels_last_to_nchw
 from .onednn import mlp_add
 
 #: Working-set target of one token chunk per intra-op thread (bytes of the
@@ -162,3 +163,27 @@ def mlp_residual_(x: torch.Tensor, norm: nn.Module,
         chunk = tokens[span]
         tokens[span] = mlp_add(norm(chunk), mlp, chunk)
     return x
+
+
+def nchw_outputs(backbone: nn.Module, stage_outputs: Sequence[torch.Tensor],
+                 out_norms: bool) -> Tuple[torch.Tensor, ...]:
+    """The backbone's outputs from its stage maps.
+
+    Args:
+        backbone (nn.Module): Has ``out_indices`` and, with ``out_norms``,
+            the LayerNorms ``norm{i}``.
+        stage_outputs (Sequence[Tensor]): (B, H_i, W_i, C_i) map of stage
+            ``i`` (at least up to the last output index).
+        out_norms (bool): Apply ``norm{i}`` (chunked, written transposed).
+
+    Returns:
+        tuple[Tensor]: One contiguous (B, C_i, H_i, W_i) map per
+        ``backbone.out_indices``.
+    """
+    if not out_norms:
+        return tuple(
+            channels_last_to_nchw(stage_outputs[i])
+            for i in backbone.out_indices)
+    return tuple(
+        layer_norm_to_nchw(stage_outputs[i], getattr(backbone, f'norm{i}'))
+        for i in backbone.out_indices)

@@ -6,17 +6,16 @@ workspace's :data:`.l2vit_blocks.SHARED_MAP`; every block then works in place
 on the fresh downsample output (:mod:`.l2vit_blocks`); the output norms run
 chunked, written transposed to NCHW.
 """
-from typing import Callable, Dict, Tuple, Type
+from typing import Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..layers.l2vit_blocks import LGABlock, LWABlock
-from .chunks import Workspace, layer_norm_into
+from .chunks import Workspace, layer_norm_into, nchw_outputs
 from .l2vit_blocks import SHARED_MAP, lga_block_, lwa_block_
 from .onednn import conv2d_relu, fold_batchnorm
-from .outputs import nchw_outputs
 
 
 def stem(embed: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -65,13 +64,6 @@ def downsample(layer: nn.Module, x: torch.Tensor,
     return layer.proj(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
 
-#: The in-place runner of each L²ViT block class.
-BLOCK_RUNNERS: Dict[Type[nn.Module], Callable[..., torch.Tensor]] = {
-    LWABlock: lwa_block_,
-    LGABlock: lga_block_,
-}
-
-
 def run_l2vit(backbone: nn.Module, x: torch.Tensor
               ) -> Tuple[torch.Tensor, ...]:
     """The L²ViT backbone's output for CPU inference.
@@ -90,8 +82,12 @@ def run_l2vit(backbone: nn.Module, x: torch.Tensor
         layer = backbone.downsample_layers[i]
         x = stem(layer, x) if i == 0 else downsample(layer, x, workspace)
         for block in backbone.stages[i]:
-            # lwa_block_ / lga_block_, looked up at call time
-            x = globals()[BLOCK_RUNNERS[type(block)].__name__](block, x,
-                                                               workspace)
+            if isinstance(block, LWABlock):
+                x = lwa_block_(block, x, workspace)
+            elif isinstance(block, LGABlock):
+                x = lga_block_(block, x, workspace)
+            else:
+                raise TypeError(f'L2ViT CPU inference: unknown block '
+                                f'{type(block).__name__}.')
         stage_outputs.append(x)
     return nchw_outputs(backbone, stage_outputs, out_norms=True)

@@ -21,18 +21,23 @@ from typing import Any, Iterator, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.autograd.graph import saved_tensors_hooks
+from torch.nn.modules.module import register_module_forward_hook
 
 _LAYER_NORM = 'NativeLayerNormBackward0'
 _GELU = 'GeluBackward0'
 _RECOMPUTABLE = (_LAYER_NORM, _GELU)
+#: Attribute of a LayerNorm module's output tensor: the module's ``eps``.
+_EPS_ATTR = '_mmdet_l2vit_layer_norm_eps'
 
 
 class _Recipe(NamedTuple):
     """How to rebuild a saved LayerNorm / GELU output (or a view of it)."""
     op: str
-    inputs: Tuple[Optional[torch.Tensor], ...]
+    inputs: Tuple[Any, ...]
     approximate: str
+    eps: float
     size: torch.Size
     stride: Tuple[int, ...]
     offset: int
@@ -52,13 +57,17 @@ def _pack(tensor: torch.Tensor) -> Any:
     if (op not in _RECOMPUTABLE or not base.is_contiguous()
             or _op_name(node.next_functions[0][0]) in _RECOMPUTABLE):
         return tensor
+    eps = getattr(base, _EPS_ATTR, None)
     if op == _LAYER_NORM:
-        inputs = (node._saved_input, node._saved_result1,
-                  node._saved_result2, node._saved_weight, node._saved_bias)
+        if eps is None:
+            return tensor  # not a module's output: its eps is unknown
+        inputs = (node._saved_input, node._saved_weight, node._saved_bias,
+                  tuple(node._saved_normalized_shape))
         approximate = ''
     else:
         inputs, approximate = (node._saved_self, ), node._saved_approximate
-    return _Recipe(op, inputs, approximate, tensor.size(), tensor.stride(),
+    return _Recipe(op, inputs, approximate, eps, tensor.size(),
+                   tensor.stride(),
                    tensor.storage_offset() - base.storage_offset())
 
 
@@ -68,13 +77,9 @@ def _unpack(packed: Any) -> torch.Tensor:
         return packed
     with torch.no_grad():
         if packed.op == _LAYER_NORM:
-            x, mean, rstd, weight, bias = packed.inputs
-            out = torch.addcmul(-(mean * rstd), x, rstd).to(x.dtype)
-            if weight is not None:
-                out = out.mul_(weight) if bias is None else torch.addcmul(
-                    bias, out, weight)
-            elif bias is not None:
-                out = out.add_(bias)
+            x, weight, bias, shape = packed.inputs
+            out = torch.native_layer_norm(x, shape, weight, bias,
+                                          packed.eps)[0]
         else:
             out = F.gelu(packed.inputs[0], approximate=packed.approximate)
     return out.as_strided(packed.size, packed.stride, packed.offset)
@@ -90,8 +95,19 @@ def recompute_norms_and_gelus(enabled: bool = True) -> Iterator[None]:
     if not enabled:
         yield
         return
-    with saved_tensors_hooks(_pack, _unpack):
-        yield
+    handle = register_module_forward_hook(_note_layer_norm_eps)
+    try:
+        with saved_tensors_hooks(_pack, _unpack):
+            yield
+    finally:
+        handle.remove()
+
+
+def _note_layer_norm_eps(module: nn.Module, inputs: Any,
+                         output: Any) -> None:
+    """Forward hook: note a LayerNorm module's ``eps`` on its output."""
+    if isinstance(module, nn.LayerNorm) and isinstance(output, torch.Tensor):
+        setattr(output, _EPS_ATTR, module.eps)
 
 
 def saves_memory_here() -> bool:
