@@ -92,12 +92,14 @@ class DenseBackbone(BaseModule):
 
     Args:
         out_indices (Sequence[int]): Stages whose outputs are returned.
+            Default: (0, 1, 2, 3).
         frozen_stages (int): mmdet meaning: ``0`` freezes the stem, ``k``
             also freezes stages ``0..k-1`` (and their output norms). -1
-            freezes nothing.
-        norm_eval (bool): Keep BatchNorm layers in eval mode (frozen running
-            statistics) while training.
-        with_cp (bool): Gradient checkpointing per block.
+            freezes nothing. Default: -1.
+        norm_eval (bool): Keep BatchNorm layers (L²ViT's stem and LCMs; the
+            InLine models have none) in eval mode (frozen running
+            statistics) while training. Default: False.
+        with_cp (bool): Gradient checkpointing per block. Default: False.
         pretrained (str, optional): Deprecated; use ``init_cfg``.
         init_cfg (dict | list[dict], optional): Initialisation config.
             ``dict(type='Pretrained', checkpoint=PATH)`` loads an official

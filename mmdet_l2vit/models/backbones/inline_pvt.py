@@ -107,19 +107,12 @@ class InLinePVT(DenseBackbone):
             ``'relu'``, ``'leakyrelu'``, ``'exp'``). Default: 'identity'.
         out_norms (bool): Add LayerNorms ``norm{i}`` (eps 1e-6) on the
             outputs; they are new parameters. Default: False.
-        out_indices (Sequence[int]): Output stages. Default: (0, 1, 2, 3).
-        frozen_stages (int): Stages to freeze (mmdet meaning; -1: none).
-        norm_eval (bool): Keep BatchNorm layers in eval mode (there are
-            none; accepted for the common contract). Default: False.
-        with_cp (bool): Gradient checkpointing per block. Default: False.
-        pretrained (str, optional): Deprecated, use ``init_cfg``.
+        out_indices, frozen_stages, norm_eval, with_cp, pretrained,
+            compile, inference: the backbone contract, see
+            :class:`~mmdet_l2vit.models.backbones.base.DenseBackbone`.
         init_cfg (dict, optional): ``dict(type='Pretrained',
             checkpoint=PATH)`` loads an official InLine-PVT classification
             checkpoint as released.
-        compile (bool | dict): Run the backbone through ``torch.compile``
-            (a dict is passed as its options). Default: False.
-        inference (str): ``'auto'`` (float32 CPU inference takes the CPU
-            inference engine) or ``'reference'``. Default: 'auto'.
 
     Examples:
         >>> import torch

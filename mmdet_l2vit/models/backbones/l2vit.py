@@ -36,18 +36,12 @@ class L2ViT(DenseBackbone):
             ``mlp_ratio`` (4). Default: 'tiny'.
         in_channels (int): Image channels. Default: 3.
         drop_path_rate (float): Stochastic depth rate. Default: 0.1.
-        out_indices (Sequence[int]): Output stages. Default: (0, 1, 2, 3).
-        frozen_stages (int): Stages to freeze (mmdet meaning; -1: none).
-        norm_eval (bool): Keep BatchNorm (stem and LCM) in eval mode while
-            training. Default: False.
-        with_cp (bool): Gradient checkpointing per block. Default: False.
-        pretrained (str, optional): Deprecated, use ``init_cfg``.
+        out_indices, frozen_stages, norm_eval, with_cp, pretrained,
+            compile, inference: the backbone contract, see
+            :class:`~mmdet_l2vit.models.backbones.base.DenseBackbone`.
         init_cfg (dict, optional): ``dict(type='Pretrained',
             checkpoint=PATH)`` loads an official classification checkpoint
             (e.g. ``L2ViT-Tiny-checkpoint-best-ema.pth``) as released.
-        compile (bool | dict): Run through ``torch.compile``. Default: False.
-        inference (str): ``'auto'`` (float32 CPU inference takes the CPU
-            inference engine) or ``'reference'``. Default: 'auto'.
 
     Examples:
         >>> import torch
