@@ -1,18 +1,9 @@
-# Mask R-CNN 1x (12 epochs) with InLine-PVT-L on COCO 2017. The InLine repository
-# publishes no detection recipe; this is the lab's PVT-family proxy (Agent
-# Attention): AdamW lr 2e-4 wd 1e-4, single-scale 1333x800, 16 images per
-# step, drop_path 0.1. Starts from the official ImageNet checkpoint.
-_base_ = [
-    './_base_/models/maskrcnn_fpn_inline_pvt.py',
-    './_base_/datasets/coco_instance.py',
-    './_base_/schedules/det_adamw_pvt_1x.py',
-    './_base_/runtime_det.py',
-]
+# Mask R-CNN 1x (12 epochs) with InLine-PVT-L on COCO 2017:
+# maskrcnn_inline_pvt_t_coco.py (same recipe) with the large arch and its
+# ImageNet checkpoint.
+_base_ = './maskrcnn_inline_pvt_t_coco.py'
 
 model = dict(
     backbone=dict(
         arch='large',
-        drop_path_rate=0.1,
-        init_cfg=dict(
-            type='Pretrained',
-            checkpoint='checkpoints/inline_pvt_l.pth')))
+        init_cfg=dict(checkpoint='checkpoints/inline_pvt_l.pth')))

@@ -1,20 +1,11 @@
-# Mask R-CNN 1x (12 epochs) with InLine-Swin-B on COCO 2017. The InLine
-# repository publishes no detection recipe; this is the Swin-family proxy
-# (Agent Attention / Swin): AdamW lr 1e-4 wd 0.05 (none on norms and relative
-# position tables), multi-scale crop training, 16 images per step,
-# drop_path 0.3. Starts from the official ImageNet checkpoint.
-_base_ = [
-    './_base_/models/maskrcnn_fpn_inline_swin.py',
-    './_base_/datasets/coco_instance_ms_crop.py',
-    './_base_/schedules/det_adamw_swin_1x.py',
-    './_base_/runtime_det.py',
-]
+# Mask R-CNN 1x (12 epochs) with InLine-Swin-B on COCO 2017:
+# maskrcnn_inline_swin_t_coco.py (same recipe) with the base arch, its
+# ImageNet checkpoint, drop_path 0.3 and the neck's input widths.
+_base_ = './maskrcnn_inline_swin_t_coco.py'
 
 model = dict(
     backbone=dict(
         arch='base',
         drop_path_rate=0.3,
-        init_cfg=dict(
-            type='Pretrained',
-            checkpoint='checkpoints/inline_swin_b.pth')),
+        init_cfg=dict(checkpoint='checkpoints/inline_swin_b.pth')),
     neck=dict(in_channels=[128, 256, 512, 1024]))

@@ -1,8 +1,10 @@
 # Mask R-CNN 1x (12 epochs) with InLine-Swin-T on COCO 2017. The InLine
 # repository publishes no detection recipe; this is the Swin-family proxy
 # (Agent Attention / Swin): AdamW lr 1e-4 wd 0.05 (none on norms and relative
-# position tables), multi-scale crop training, 16 images per step,
-# drop_path 0.2. Starts from the official ImageNet checkpoint.
+# position tables), multi-scale crop training, 16 images per step, drop_path
+# 0.2. Starts from the official ImageNet checkpoint.
+# maskrcnn_inline_swin_s_coco.py and maskrcnn_inline_swin_b_coco.py inherit
+# this file.
 _base_ = [
     './_base_/models/maskrcnn_fpn_inline_swin.py',
     './_base_/datasets/coco_instance_ms_crop.py',

@@ -1,18 +1,12 @@
-# Mask R-CNN 1x (12 epochs) with L2ViT-B on COCO 2017, the official L2ViT recipe:
-# AdamW lr 1e-4 wd 0.05, multi-scale crop training, 16 images per step,
-# drop_path 0.2. Starts from the official ImageNet checkpoint.
-_base_ = [
-    './_base_/models/maskrcnn_fpn_l2vit.py',
-    './_base_/datasets/coco_instance_ms_crop.py',
-    './_base_/schedules/det_adamw_l2vit_1x.py',
-    './_base_/runtime_det.py',
-]
+# Mask R-CNN 1x (12 epochs) with L2ViT-B on COCO 2017:
+# maskrcnn_l2vit_t_coco.py (same recipe) with the base arch, its ImageNet
+# checkpoint, drop_path 0.2 and the neck's input widths.
+_base_ = './maskrcnn_l2vit_t_coco.py'
 
 model = dict(
     backbone=dict(
         arch='base',
         drop_path_rate=0.2,
         init_cfg=dict(
-            type='Pretrained',
             checkpoint='checkpoints/L2ViT-Base-checkpoint-best-ema.pth')),
     neck=dict(in_channels=[128, 256, 512, 1024]))

@@ -1,6 +1,7 @@
-# Mask R-CNN 1x (12 epochs) with L2ViT-T on COCO 2017, the official L2ViT recipe:
-# AdamW lr 1e-4 wd 0.05, multi-scale crop training, 16 images per step,
+# Mask R-CNN 1x (12 epochs) with L2ViT-T on COCO 2017, the official L2ViT
+# recipe: AdamW lr 1e-4 wd 0.05, multi-scale crop training, 16 images per step,
 # drop_path 0.1. Starts from the official ImageNet checkpoint.
+# maskrcnn_l2vit_s_coco.py and maskrcnn_l2vit_b_coco.py inherit this file.
 _base_ = [
     './_base_/models/maskrcnn_fpn_l2vit.py',
     './_base_/datasets/coco_instance_ms_crop.py',

@@ -1,7 +1,8 @@
-# RetinaNet 1x (12 epochs) with L2ViT-T on COCO 2017, the official L2ViT recipe:
-# AdamW lr 1e-4 wd 0.05, multi-scale crop training, 16 images per step,
-# drop_path 0.1, stages 1-3 into the FPN (start_level=0, extra convs on
-# input). Starts from the official ImageNet checkpoint.
+# RetinaNet 1x (12 epochs) with L2ViT-T on COCO 2017, the official L2ViT
+# recipe: AdamW lr 1e-4 wd 0.05, multi-scale crop training, 16 images per step,
+# drop_path 0.1, stages 1-3 into the FPN (start_level=0, extra convs on input).
+# Starts from the official ImageNet checkpoint. retinanet_l2vit_s_coco.py and
+# retinanet_l2vit_b_coco.py inherit this file.
 _base_ = [
     './_base_/models/retinanet_fpn_l2vit.py',
     './_base_/datasets/coco_detection_ms_crop.py',

@@ -1,18 +1,8 @@
-# Semantic FPN 40k with InLine-PVT-L on ADE20K, 512x512 crops. The InLine
-# repository publishes no segmentation recipe; this is the lab's PVT-family
-# proxy (Agent Attention): AdamW lr 2e-4 wd 1e-4, poly 0.9, 16 images per
-# step, drop_path 0.1. Starts from the official ImageNet checkpoint.
-_base_ = [
-    './_base_/models/semfpn_inline_pvt.py',
-    './_base_/datasets/ade20k_512.py',
-    './_base_/schedules/seg_adamw_40k.py',
-    './_base_/runtime_seg.py',
-]
+# Semantic FPN 40k with InLine-PVT-L on ADE20K: semfpn_inline_pvt_t_ade20k.py
+# (same recipe) with the large arch and its ImageNet checkpoint.
+_base_ = './semfpn_inline_pvt_t_ade20k.py'
 
 model = dict(
     backbone=dict(
         arch='large',
-        drop_path_rate=0.1,
-        init_cfg=dict(
-            type='Pretrained',
-            checkpoint='checkpoints/inline_pvt_l.pth')))
+        init_cfg=dict(checkpoint='checkpoints/inline_pvt_l.pth')))

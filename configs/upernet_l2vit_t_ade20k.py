@@ -2,6 +2,7 @@
 # recipe: AdamW lr 6e-5 wd 0.01, poly (power 1.0) after a 1500-iteration
 # warm-up, 16 images per step, drop_path 0.3, FCN auxiliary head on stage 2
 # (loss weight 0.4). Starts from the official ImageNet checkpoint.
+# upernet_l2vit_s_ade20k.py and upernet_l2vit_b_ade20k.py inherit this file.
 _base_ = [
     './_base_/models/upernet_l2vit.py',
     './_base_/datasets/ade20k_512.py',

@@ -9,20 +9,26 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Type
 from .checkpoint import (CheckpointError, detect_family, extract_state_dict,
                          load_state_dict_strictly, read_checkpoint_file,
                          save_tensor_checkpoint)
+from .models.backbones import InLinePVT, InLineSwin, L2ViT
 from .models.backbones.base import DenseBackbone
+
+#: The backbones that convert official checkpoints, by family name: each
+#: class's ``family`` attribute, as :func:`detect_family` names it.
+BACKBONE_CLASSES: Dict[str, Type[DenseBackbone]] = {
+    'L2ViT': L2ViT,
+    'InLinePVT': InLinePVT,
+    'InLineSwin': InLineSwin,
+}
 
 
 def backbone_classes() -> Dict[str, Type[DenseBackbone]]:
-    """Backbone classes of this package by checkpoint family name."""
-    from .models import backbones  # noqa: F401  (defines the subclasses)
+    """Backbone classes of this package by checkpoint family name.
 
-    found: Dict[str, Type[DenseBackbone]] = {}
-    pending = list(DenseBackbone.__subclasses__())
-    while pending:
-        cls = pending.pop()
-        found[cls.family] = cls
-        pending.extend(cls.__subclasses__())
-    return found
+    Returns:
+        dict[str, type]: A copy of :data:`BACKBONE_CLASSES`, e.g.
+        ``{'L2ViT': L2ViT, ...}``.
+    """
+    return dict(BACKBONE_CLASSES)
 
 
 class ConversionSummary(NamedTuple):

@@ -8,13 +8,24 @@ mmdet, only mmsegmentation, or neither (plain ``torch`` use).
 import importlib
 from typing import Callable, List, TypeVar
 
+from mmengine.registry import Registry
+
 T = TypeVar('T', bound=type)
 
 #: Toolbox registry modules tried, in order.
 TOOLBOX_REGISTRIES = ('mmdet.registry', 'mmseg.registry')
 
 
-def _toolbox_registries(attr: str) -> List:
+def _toolbox_registries(attr: str) -> List[Registry]:
+    """The registries named ``attr`` of the installed toolboxes.
+
+    Args:
+        attr (str): Registry attribute, e.g. ``'MODELS'``.
+
+    Returns:
+        list[Registry]: One per importable module of
+        :data:`TOOLBOX_REGISTRIES`, in that order.
+    """
     registries = []
     for module_name in TOOLBOX_REGISTRIES:
         try:
@@ -53,10 +64,4 @@ def register_into_toolboxes(registry_name: str = 'MODELS'
     return decorator
 
 
-def registered_toolboxes() -> List[str]:
-    """Scopes (``'mmdet'``, ``'mmseg'``) whose registries are importable."""
-    return [r.scope for r in _toolbox_registries('MODELS')]
-
-
-__all__: List[str] = ['register_into_toolboxes', 'registered_toolboxes',
-                      'TOOLBOX_REGISTRIES']
+__all__: List[str] = ['register_into_toolboxes', 'TOOLBOX_REGISTRIES']

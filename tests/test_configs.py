@@ -1,6 +1,7 @@
 """Every shipped config loads, follows its recipe and builds its model; one
 detector and one segmentor per backbone family take a training step and
 predict on CPU."""
+import ast
 import re
 from pathlib import Path
 from typing import Dict, List, Tuple
@@ -80,6 +81,31 @@ def test_shipped_configs_are_exactly_the_expected_set():
     assert 'maskrcnn_l2vit_t_coco' in shipped
     assert sorted(p.stem for p in (CONFIGS / 'demo').glob('*.py')) == \
         DEMO_CONFIGS
+
+
+def _tiny_twin(stem: str) -> str:
+    """The T config of the same model and schedule, e.g.
+    ``maskrcnn_l2vit_t_3x_coco`` for ``maskrcnn_l2vit_b_3x_coco``."""
+    return re.sub(r'_[smlb](?=(_3x)?_(coco|ade20k)$)', '_t', stem)
+
+
+def _declared_base(stem: str):
+    """The ``_base_`` a config file assigns (read, not executed)."""
+    tree = ast.parse((CONFIGS / f'{stem}.py').read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+                getattr(t, 'id', None) == '_base_' for t in node.targets):
+            return ast.literal_eval(node.value)
+    return None
+
+
+@pytest.mark.parametrize(
+    'stem', [s for s in sorted(EXPECTED) if _tiny_twin(s) != s])
+def test_larger_sizes_inherit_their_tiny_config(stem):
+    """S/B (and M/L) configs restate only what the size changes."""
+    twin = _tiny_twin(stem)
+    assert twin in EXPECTED
+    assert _declared_base(stem) == f'./{twin}.py'
 
 
 def _load(stem: str) -> Config:

@@ -44,3 +44,12 @@ def test_same_class_in_both_registries():
     import mmdet_l2vit
     assert DET_MODELS.get('L2ViT') is SEG_MODELS.get('L2ViT') is \
         mmdet_l2vit.L2ViT
+
+
+def test_conversion_table_names_each_family():
+    from mmdet_l2vit.convert import backbone_classes
+    from mmdet_l2vit.models.backbones import InLinePVT, InLineSwin, L2ViT
+    classes = backbone_classes()
+    assert classes == {'L2ViT': L2ViT, 'InLinePVT': InLinePVT,
+                       'InLineSwin': InLineSwin}
+    assert all(cls.family == name for name, cls in classes.items())

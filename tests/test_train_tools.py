@@ -59,7 +59,13 @@ def _write_cfg(path: Path, data: Path, extra: str = '') -> Path:
 
 
 def _env(**extra: str) -> Dict[str, str]:
-    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(ROOT))
+    """The tools' environment: no PYTHONPATH for the repository (the package
+    is installed, editable), no launcher variables inherited from ours."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(('SLURM_', 'OMPI_')) and k not in (
+               'RANK', 'LOCAL_RANK', 'WORLD_SIZE', 'MASTER_ADDR',
+               'MASTER_PORT', 'PYTHONPATH')}
+    env.update(OMP_NUM_THREADS='1')
     env.update(extra)
     return env
 
@@ -162,7 +168,7 @@ def test_resume_after_kill_continues_like_an_uninterrupted_run(
                         dict(type='StepRecordHook'),
                         dict(type='KillAtIterHook', at=4)]
         """)
-    env = dict(PYTHONPATH=f'{ROOT}{os.pathsep}{tmp_path}')
+    env = dict(PYTHONPATH=str(tmp_path))
     ref_dir, run_dir = tmp_path / 'reference', tmp_path / 'run'
     ref = _run([PYTHON, 'tools/train.py', str(plain), '--work-dir',
                 str(ref_dir)], **env)
@@ -316,3 +322,121 @@ def test_amp_on_cpu_is_a_clear_error(tiny_data, tmp_path, capsys):
     cfg = _write_cfg(tmp_path / 'cfg.py', tiny_data)
     err = _train_error([str(cfg), '--amp'], capsys)
     assert '--amp needs a CUDA GPU' in err
+
+
+def test_bad_option_combinations_are_config_errors(tiny_data, tmp_path,
+                                                   capsys):
+    cfg = _write_cfg(tmp_path / 'cfg.py', tiny_data, """
+        auto_scale_lr = dict(_delete_=True, enable=False)
+        default_hooks = dict(visualization=None)
+        """)
+    err = _train_error([str(cfg), '--auto-scale-lr'], capsys)
+    assert 'auto_scale_lr = dict(base_batch_size=N)' in err
+    err = _train_error([str(tmp_path / 'nope.py')], capsys)
+    assert 'nope.py' in err and 'not found' in err
+
+    from mmdet_l2vit.engine.cli import test
+    ckpt = tmp_path / 'model.pth'
+    ckpt.write_bytes(b'')
+    assert test([str(cfg), str(ckpt), '--show']) == 2
+    assert 'visualization hook' in capsys.readouterr().err
+    plain = _write_cfg(tmp_path / 'plain.py', tiny_data)
+    assert test([str(plain), str(ckpt), '--out', 'preds.json']) == 2
+    assert '.pkl' in capsys.readouterr().err
+
+
+def test_a_bug_keeps_its_traceback(tiny_data, tmp_path, monkeypatch):
+    """Only the package's user-error types become ``error:`` lines."""
+    from mmdet_l2vit.engine import cli
+
+    def broken(*args, **kwargs):
+        raise ValueError('a bug in a check')
+
+    monkeypatch.setattr(cli, 'check_config_data', broken)
+    cfg = _write_cfg(tmp_path / 'cfg.py', tiny_data)
+    with pytest.raises(ValueError, match='a bug in a check'):
+        cli.train([str(cfg)])
+
+
+# ---- process groups on the CPU through mmengine's init_dist ---------------
+
+INIT_GROUP = '''
+import json
+import os
+
+import torch
+import torch.distributed as dist
+from mmengine.config import Config
+
+from mmdet_l2vit.engine.preflight import adapt_for_cpu_distributed
+
+cfg = Config(dict(
+    launcher=os.environ['TEST_LAUNCHER'],
+    model=dict(type='Net', norm_cfg=dict(type='SyncBN')),
+    env_cfg=dict(dist_cfg=dict(backend='nccl', timeout=60))))
+assert adapt_for_cpu_distributed(cfg)
+total = torch.ones(3)
+dist.all_reduce(total)
+print('RESULT', json.dumps(dict(
+    backend=dist.get_backend(), rank=dist.get_rank(),
+    world_size=dist.get_world_size(), total=total.tolist(),
+    norm=cfg.model.norm_cfg.type,
+    device_ids=cfg.model_wrapper_cfg.device_ids,
+    env={k: os.environ[k] for k in ('RANK', 'WORLD_SIZE', 'MASTER_ADDR')})))
+dist.destroy_process_group()
+'''
+
+
+def _init_group(tmp_path: Path, **env: str) -> dict:
+    """Run :data:`INIT_GROUP` in a fresh process without a visible GPU."""
+    result = _run([PYTHON, '-c', INIT_GROUP], CUDA_VISIBLE_DEVICES='',
+                  MASTER_PORT=str(_free_port()), **env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = [x for x in result.stdout.splitlines() if x.startswith('RESULT')]
+    return json.loads(line[-1][len('RESULT '):])
+
+
+#: What :data:`INIT_GROUP` prints for one process on 127.0.0.1.
+ONE_GLOO_PROCESS = dict(
+    backend='gloo', rank=0, world_size=1, total=[1.0] * 3, norm='BN',
+    device_ids=None,
+    env=dict(RANK='0', WORLD_SIZE='1', MASTER_ADDR='127.0.0.1'))
+
+
+def test_torchrun_environment_initialises_a_gloo_group(tmp_path):
+    got = _init_group(tmp_path, TEST_LAUNCHER='pytorch', RANK='0',
+                      LOCAL_RANK='0', WORLD_SIZE='1',
+                      MASTER_ADDR='127.0.0.1')
+    assert got == ONE_GLOO_PROCESS
+
+
+SLURM_ENV = dict(SLURM_PROCID='0', SLURM_NTASKS='1', SLURM_LOCALID='0',
+                 SLURM_NODELIST='node-0')
+
+
+def test_slurm_environment_without_scontrol(tmp_path):
+    """mmengine reads the SLURM_* variables; without ``scontrol`` it needs
+    MASTER_ADDR (it would otherwise take the shell's "not found" message as
+    the address)."""
+    no_tools = tmp_path / 'empty_path'
+    no_tools.mkdir()
+    got = _init_group(tmp_path, TEST_LAUNCHER='slurm', PATH=str(no_tools),
+                      MASTER_ADDR='127.0.0.1', **SLURM_ENV)
+    assert got == ONE_GLOO_PROCESS
+
+
+def test_slurm_without_scontrol_or_master_addr_is_a_clear_error(
+        tiny_data, tmp_path, capsys, monkeypatch):
+    for key, value in SLURM_ENV.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv('MASTER_ADDR', raising=False)
+    monkeypatch.setenv('PATH', str(tmp_path))  # no scontrol here
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    cfg = _write_cfg(tmp_path / 'cfg.py', tiny_data)
+    err = _train_error([str(cfg), '--launcher', 'slurm'], capsys)
+    assert 'scontrol' in err and 'MASTER_ADDR' in err
+    assert not torch.distributed.is_initialized()
+
+    monkeypatch.delenv('SLURM_LOCALID')
+    err = _train_error([str(cfg), '--launcher', 'slurm'], capsys)
+    assert 'SLURM_LOCALID' in err and 'srun' in err

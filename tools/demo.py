@@ -9,6 +9,7 @@
 
 Usage: python tools/demo.py [--work-dir work_dirs/demo_maskrcnn] [--fresh]
        [--config configs/demo/maskrcnn_l2vit_demo.py] [--threads 1]
+Relative paths are relative to the repository root, where the demo works.
 
 An interrupted demo continues from its last checkpoint when run again;
 --fresh starts over. Training uses one compute thread and one data worker
@@ -24,15 +25,17 @@ import subprocess
 import sys
 import time
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from mmdet_l2vit.datasets.demo_data import ensure_demo_data
 
-from mmdet_l2vit.datasets.demo_data import ensure_demo_data  # noqa: E402
+#: The repository root. The demo works from here, so the configs' relative
+#: paths (``configs/...``, ``data/demo``) and ``--work-dir`` resolve the same
+#: way for this script and the tools it runs.
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 
 def run(args: list, env: dict) -> None:
     print('$ ' + ' '.join(args), flush=True)
-    subprocess.run(args, cwd=ROOT, env=env, check=True)
+    subprocess.run(args, env=env, check=True)
 
 
 def last_checkpoint(work_dir: str) -> str:
@@ -50,9 +53,8 @@ def main() -> int:
     parser.add_argument('--threads', type=int, default=1,
                         help='torch compute threads (OMP_NUM_THREADS)')
     args = parser.parse_args()
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads),
-               PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH',
-                                                             ''))
+    os.chdir(ROOT)
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     start = time.perf_counter()
     if ensure_demo_data():
         print(f'generated the demo data in data/demo/ '

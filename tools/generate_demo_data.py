@@ -6,14 +6,12 @@ Usage: python tools/generate_demo_data.py [--root data/demo] [--seed 0]
 Deterministic: the same arguments always write the same files.
 """
 import argparse
-import os.path as osp
 import sys
 import time
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-
-from mmdet_l2vit.datasets.demo_data import (  # noqa: E402
-    DEFAULT_ROOT, DEFAULT_SIZES, demo_data_ready, generate_demo_data)
+from mmdet_l2vit.datasets.demo_data import (DEFAULT_ROOT, DEFAULT_SIZES,
+                                            demo_data_ready,
+                                            generate_demo_data)
 
 
 def main() -> int:

@@ -9,12 +9,9 @@ Usage: python tools/test.py CONFIG CHECKPOINT [--work-dir DIR]
 --show-dir: painted predictions; a relative DIR is placed in the work dir
 (mmdet: work_dir/<timestamp>/DIR; mmseg: work_dir/DIR/vis_data/vis_image).
 """
-import os.path as osp
 import sys
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-
-from mmdet_l2vit.engine.cli import test  # noqa: E402
+from mmdet_l2vit.engine.cli import test
 
 if __name__ == '__main__':
     sys.exit(test())

@@ -8,12 +8,9 @@ The arguments of mmdet's and mmseg's tools/train.py. Datasets and
 checkpoint paths are checked before anything is built; without a GPU,
 distributed runs use gloo.
 """
-import os.path as osp
 import sys
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-
-from mmdet_l2vit.engine.cli import train  # noqa: E402
+from mmdet_l2vit.engine.cli import train
 
 if __name__ == '__main__':
     sys.exit(train())

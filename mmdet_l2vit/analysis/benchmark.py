@@ -18,7 +18,7 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Any, Callable, Dict, List, NamedTuple, Sequence, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Tuple
 
 import torch
 from torch import nn
@@ -219,7 +219,3 @@ def _measure_peak_memory_once(name: str, size: Tuple[int, int], batch: int,
             return json.loads(line[len('RESULT '):])
     raise RuntimeError(f'memory measurement of {name} at {size} failed:\n'
                        f'{result.stderr[-2000:]}')
-
-
-def summarise(values: Sequence[float]) -> str:
-    return f'{statistics.median(values) * 1e3:.1f}'

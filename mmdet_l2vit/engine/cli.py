@@ -17,8 +17,16 @@ from typing import Dict, List, Optional
 from mmengine.config import Config, DictAction
 from mmengine.logging import print_log
 
-from .preflight import (CheckpointNotFoundError, adapt_for_cpu_distributed,
-                        check_amp_device, check_checkpoint_paths)
+from ..datasets.checks import (DatasetError, check_config_data,
+                               iter_dataset_cfgs)
+from ..datasets.demo_data import DEFAULT_ROOT, ensure_demo_data
+from .preflight import (CheckpointNotFoundError, ConfigError,
+                        adapt_for_cpu_distributed, check_amp_device,
+                        check_checkpoint_paths)
+
+#: What a user can fix: printed as one ``error:`` line (exit status 2)
+#: instead of a traceback. Anything else is a bug and keeps its traceback.
+USER_ERRORS = (ConfigError, DatasetError, CheckpointNotFoundError)
 
 
 def _common_args(parser: argparse.ArgumentParser) -> None:
@@ -78,6 +86,13 @@ def test_parser() -> argparse.ArgumentParser:
 
 
 def _load_cfg(args: argparse.Namespace) -> Config:
+    """Read the config file and apply ``--cfg-options`` and the work dir.
+
+    Raises:
+        ConfigError: The config file does not exist.
+    """
+    if not osp.isfile(args.config):
+        raise ConfigError(f'config file {args.config!r} not found.')
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
     cfg = Config.fromfile(args.config)
@@ -92,20 +107,48 @@ def _load_cfg(args: argparse.Namespace) -> Config:
     return cfg
 
 
+def _use_amp(cfg: Config) -> None:
+    """``--amp``: mmengine's ``AmpOptimWrapper`` with dynamic loss scaling.
+
+    Raises:
+        DeviceError: No GPU.
+    """
+    check_amp_device()
+    if cfg.optim_wrapper.get('type', 'OptimWrapper') == 'OptimWrapper':
+        cfg.optim_wrapper.type = 'AmpOptimWrapper'
+        cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+
+
+def _enable_auto_scale_lr(cfg: Config) -> None:
+    """``--auto-scale-lr``: let mmengine scale the lr by the total batch.
+
+    Raises:
+        ConfigError: The config names no ``auto_scale_lr.base_batch_size``.
+    """
+    if 'base_batch_size' not in cfg.get('auto_scale_lr', {}):
+        raise ConfigError('--auto-scale-lr needs '
+                          '`auto_scale_lr = dict(base_batch_size=N)` in '
+                          'the config.')
+    cfg.auto_scale_lr.enable = True
+
+
 def setup_train_cfg(args: argparse.Namespace) -> Config:
-    """The config ``tools/train.py`` runs, with the CLI options applied."""
+    """The config ``tools/train.py`` runs, with the CLI options applied.
+
+    Args:
+        args (argparse.Namespace): Parsed :func:`train_parser` arguments.
+
+    Returns:
+        Config: The final config.
+
+    Raises:
+        ConfigError: Options that cannot run with this config or machine.
+    """
     cfg = _load_cfg(args)
     if args.amp:
-        check_amp_device()
-        if cfg.optim_wrapper.get('type', 'OptimWrapper') == 'OptimWrapper':
-            cfg.optim_wrapper.type = 'AmpOptimWrapper'
-            cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+        _use_amp(cfg)
     if args.auto_scale_lr:
-        if 'base_batch_size' not in cfg.get('auto_scale_lr', {}):
-            raise RuntimeError('--auto-scale-lr needs '
-                               '`auto_scale_lr = dict(base_batch_size=N)` in '
-                               'the config.')
-        cfg.auto_scale_lr.enable = True
+        _enable_auto_scale_lr(cfg)
     if args.resume == 'auto':
         cfg.resume, cfg.load_from = True, None
     elif args.resume is not None:
@@ -113,39 +156,69 @@ def setup_train_cfg(args: argparse.Namespace) -> Config:
     return cfg
 
 
+def _show_predictions(cfg: Config, args: argparse.Namespace,
+                      scope: str) -> None:
+    """``--show`` / ``--show-dir``: switch on the visualization hook.
+
+    Raises:
+        ConfigError: The config has no visualization hook.
+    """
+    hook = cfg.default_hooks.get('visualization')
+    if hook is None:
+        raise ConfigError('--show/--show-dir need a visualization hook '
+                          'in default_hooks.')
+    hook.draw = True
+    if args.show:
+        hook.show, hook.wait_time = True, args.wait_time
+    if not args.show_dir:
+        return
+    if scope == 'mmseg':  # SegVisualizationHook saves via backends
+        cfg.visualizer.save_dir = args.show_dir if osp.isabs(
+            args.show_dir) else osp.join(cfg.work_dir, args.show_dir)
+    else:
+        hook.test_out_dir = args.show_dir
+
+
+def _save_predictions(cfg: Config, out: str, scope: str) -> None:
+    """``--out`` of mmseg: label maps in a folder. (mmdet's ``.pkl`` is
+    written by a ``DumpDetResults`` metric added to the built runner.)
+
+    Raises:
+        ConfigError: A detection ``--out`` that is not a pickle file.
+    """
+    if scope == 'mmseg':
+        cfg.test_evaluator['output_dir'] = out
+        cfg.test_evaluator['keep_results'] = True
+    elif not out.endswith(('.pkl', '.pickle')):
+        raise ConfigError('--out must be a .pkl or .pickle file for '
+                          'detection configs')
+
+
 def setup_test_cfg(args: argparse.Namespace) -> Config:
-    """The config ``tools/test.py`` runs, with the CLI options applied."""
+    """The config ``tools/test.py`` runs, with the CLI options applied.
+
+    Args:
+        args (argparse.Namespace): Parsed :func:`test_parser` arguments.
+
+    Returns:
+        Config: The final config.
+
+    Raises:
+        ConfigError: Options that cannot run with this config.
+    """
     cfg = _load_cfg(args)
     cfg.load_from = args.checkpoint
     scope = cfg.get('default_scope', 'mmdet')
     if args.show or args.show_dir:
-        hook = cfg.default_hooks.get('visualization')
-        if hook is None:
-            raise RuntimeError('--show/--show-dir need a visualization hook '
-                               'in default_hooks.')
-        hook.draw = True
-        if args.show:
-            hook.show, hook.wait_time = True, args.wait_time
-        if args.show_dir:
-            if scope == 'mmseg':  # SegVisualizationHook saves via backends
-                cfg.visualizer.save_dir = args.show_dir if osp.isabs(
-                    args.show_dir) else osp.join(cfg.work_dir, args.show_dir)
-            else:
-                hook.test_out_dir = args.show_dir
-    if args.out is not None and scope == 'mmseg':
-        cfg.test_evaluator['output_dir'] = args.out
-        cfg.test_evaluator['keep_results'] = True
-    elif args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
-        raise ValueError('--out must be a .pkl or .pickle file for '
-                         'detection configs')
+        _show_predictions(cfg, args, scope)
+    if args.out is not None:
+        _save_predictions(cfg, args.out, scope)
     return cfg
 
 
 def ensure_demo_data_for(cfg: Config, loaders: List[str]) -> None:
     """Generate the synthetic demo data when a config reads it and it is
     missing (single-process runs; distributed ranks would race)."""
-    from ..datasets.checks import iter_dataset_cfgs
-    from ..datasets.demo_data import DEFAULT_ROOT, ensure_demo_data
     roots = [str(ds.get('data_root', '')) for _, ds in iter_dataset_cfgs(
         cfg, loaders)]
     demo = osp.normpath(DEFAULT_ROOT)
@@ -159,8 +232,19 @@ def ensure_demo_data_for(cfg: Config, loaders: List[str]) -> None:
 
 
 def preflight(cfg: Config, loaders: List[str], training: bool) -> None:
-    """Check data and checkpoints, then prepare CPU distributed runs."""
-    from ..datasets.checks import check_config_data
+    """Check data and checkpoints, then prepare CPU distributed runs.
+
+    Args:
+        cfg (Config): The final config.
+        loaders (list[str]): Dataloaders the run reads.
+        training (bool): Whether the run trains (it then also reads the
+            ``init_cfg`` checkpoints).
+
+    Raises:
+        DatasetError: A dataset is missing or unusable.
+        CheckpointNotFoundError: A checkpoint file is missing.
+        LauncherError: The launcher's environment is incomplete.
+    """
     ensure_demo_data_for(cfg, loaders)
     check_config_data(cfg, loaders)
     check_checkpoint_paths(cfg, training=training)
@@ -196,21 +280,29 @@ def format_metrics(metrics: Dict[str, float]) -> str:
 
 
 def _fail(error: Exception) -> int:
+    """Print a user error as one ``error:`` line; the exit status (2)."""
     print(f'\nerror: {error}', file=sys.stderr)
     return 2
 
 
-USER_ERRORS = (CheckpointNotFoundError, RuntimeError, ValueError)
+def _report_metrics(metrics: Dict[str, float],
+                    args: argparse.Namespace) -> None:
+    """Print the test metrics; also write them to ``--metrics-json``."""
+    print(f'\nTest results ({osp.basename(args.config)}, '
+          f'{args.checkpoint}):\n{format_metrics(metrics)}')
+    if args.metrics_json:
+        with open(args.metrics_json, 'w') as f:
+            json.dump({k: float(v) for k, v in metrics.items()
+                       if isinstance(v, (int, float))}, f, indent=1)
 
 
 def train(argv: Optional[List[str]] = None) -> int:
     """Entry point of ``tools/train.py``; returns the exit status."""
-    from ..datasets.checks import DatasetError
     args = train_parser().parse_args(argv)
     try:
         cfg = setup_train_cfg(args)
         preflight(cfg, ['train_dataloader', 'val_dataloader'], training=True)
-    except (DatasetError, ) + USER_ERRORS as e:
+    except USER_ERRORS as e:
         return _fail(e)
     build_runner(cfg).train()
     return 0
@@ -219,12 +311,11 @@ def train(argv: Optional[List[str]] = None) -> int:
 def test(argv: Optional[List[str]] = None) -> int:
     """Entry point of ``tools/test.py``: prints the metrics (and writes
     them to ``--metrics-json``); returns the exit status."""
-    from ..datasets.checks import DatasetError
     args = test_parser().parse_args(argv)
     try:
         cfg = setup_test_cfg(args)
         preflight(cfg, ['test_dataloader'], training=False)
-    except (DatasetError, ) + USER_ERRORS as e:
+    except USER_ERRORS as e:
         return _fail(e)
     scope = cfg.get('default_scope', 'mmdet')
     runner = build_runner(cfg)
@@ -234,10 +325,5 @@ def test(argv: Optional[List[str]] = None) -> int:
             DumpDetResults(out_file_path=args.out))
     metrics = runner.test()
     if runner.rank == 0:
-        print(f'\nTest results ({osp.basename(args.config)}, '
-              f'{args.checkpoint}):\n{format_metrics(metrics)}')
-        if args.metrics_json:
-            with open(args.metrics_json, 'w') as f:
-                json.dump({k: float(v) for k, v in metrics.items()
-                           if isinstance(v, (int, float))}, f, indent=1)
+        _report_metrics(metrics, args)
     return 0

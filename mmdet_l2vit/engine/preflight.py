@@ -7,15 +7,25 @@
   distributed runs (``nccl``, ``torch.cuda.set_device``, DDP with
   ``device_ids``, SyncBN). Without a GPU this switches to ``gloo``, wraps
   DDP without device ids, turns SyncBN into BN and initialises the process
-  group itself (torchrun or Slurm environment).
+  group with mmengine's ``init_dist`` (torchrun, Slurm or MPI environment),
+  minus its CUDA device selection.
+- :func:`check_amp_device`: ``--amp`` needs a GPU.
+
+The errors a user can fix raised here (:class:`ConfigError` and its
+subclasses, :class:`CheckpointNotFoundError`), with the data checks'
+``DatasetError``, are what ``tools/train.py`` and ``tools/test.py`` print as
+one ``error:`` line; anything else keeps its traceback.
 """
+import contextlib
 import os
-import subprocess
+import shutil
 from typing import Any, Iterator, List, Tuple
 
 import torch
 from mmengine.config import Config
+from mmengine.dist import init_dist, is_distributed
 from mmengine.logging import print_log
+from mmengine.utils.dl_utils import set_multi_processing
 
 CHECKPOINT_HINT = (
     'The COCO/ADE20K configs start from the official ImageNet checkpoints: '
@@ -23,6 +33,20 @@ CHECKPOINT_HINT = (
     'checkpoints"), point the config at another path with --cfg-options '
     'model.backbone.init_cfg.checkpoint=PATH, or train from scratch with '
     '--cfg-options model.backbone.init_cfg=None.')
+
+
+class ConfigError(ValueError):
+    """A config, or a combination of command-line options and config, that
+    cannot run (e.g. ``--auto-scale-lr`` without
+    ``auto_scale_lr.base_batch_size``)."""
+
+
+class DeviceError(ConfigError):
+    """An option this machine cannot run (``--amp`` without a GPU)."""
+
+
+class LauncherError(ConfigError):
+    """A ``--launcher`` whose environment is incomplete on this machine."""
 
 
 class CheckpointNotFoundError(FileNotFoundError):
@@ -82,6 +106,12 @@ def check_checkpoint_paths(cfg: Config, training: bool = True) -> None:
 
 
 def _replace_syncbn(node: Any) -> int:
+    """Turn every ``SyncBN`` / ``MMSyncBN`` norm config under ``node`` into
+    ``BN``, in place.
+
+    Returns:
+        int: How many were replaced.
+    """
     count = 0
     if isinstance(node, dict):
         if node.get('type') in ('SyncBN', 'MMSyncBN'):
@@ -95,58 +125,124 @@ def _replace_syncbn(node: Any) -> int:
     return count
 
 
-def _init_process_group(launcher: str, backend: str) -> None:
-    """Initialise ``torch.distributed`` for a CPU run (mmengine's own
-    initialisation calls ``torch.cuda.set_device``)."""
-    if torch.distributed.is_initialized():
+def _use_gloo(env_cfg: dict) -> None:
+    """Set ``env_cfg.dist_cfg.backend`` to ``'gloo'`` (NCCL needs CUDA)."""
+    dist_cfg = env_cfg.setdefault('dist_cfg', {})
+    backend = dist_cfg.get('backend', 'nccl')
+    if backend != 'gloo':
+        print_log(f'No GPU: using the gloo backend instead of {backend!r}.',
+                  logger='current')
+        dist_cfg['backend'] = 'gloo'
+
+
+def _ddp_without_device_ids(cfg: Config) -> None:
+    """Wrap the model in DDP without ``device_ids`` (CPU modules take
+    none), keeping a configured wrapper's other settings."""
+    wrapper = cfg.get('model_wrapper_cfg') or dict(
+        type='MMDistributedDataParallel', broadcast_buffers=False,
+        find_unused_parameters=cfg.get('find_unused_parameters', False))
+    wrapper['device_ids'] = None
+    cfg.model_wrapper_cfg = wrapper
+
+
+#: Variables ``srun`` sets that mmengine's Slurm set-up reads. Without
+#: ``SLURM_LOCALID`` it derives the local rank from the GPU count, which is
+#: 0 here.
+SLURM_VARIABLES = ('SLURM_PROCID', 'SLURM_NTASKS', 'SLURM_NODELIST',
+                   'SLURM_LOCALID')
+
+
+def check_slurm_environment() -> None:
+    """Raise :class:`LauncherError` where mmengine's Slurm set-up would fail
+    obscurely on this machine.
+
+    mmengine reads the ``SLURM_*`` variables and takes the master address
+    from ``scontrol show hostname`` unless ``MASTER_ADDR`` is set. Without
+    ``scontrol`` that command's output is the shell's "not found" message,
+    which mmengine would use as the address.
+    """
+    missing = [name for name in SLURM_VARIABLES if name not in os.environ]
+    if missing:
+        raise LauncherError(
+            f'--launcher slurm needs the variables srun sets; missing: '
+            f'{", ".join(missing)}. Start the job with srun '
+            '(tools/slurm_train.sh).')
+    if 'MASTER_ADDR' not in os.environ and shutil.which('scontrol') is None:
+        raise LauncherError(
+            '--launcher slurm: `scontrol` is not on PATH, so the master '
+            'node cannot be looked up; set MASTER_ADDR to the address of '
+            'the first node of the job (and MASTER_PORT, default 29500).')
+
+
+@contextlib.contextmanager
+def _cuda_device_selection_disabled() -> Iterator[None]:
+    """Make ``torch.cuda.set_device`` a no-op while the block runs.
+
+    mmengine's ``init_dist`` pins every rank to GPU ``LOCAL_RANK``, which
+    raises on a machine without one; the rest of its set-up (environment
+    variables, ``init_process_group``) is what a CPU run needs.
+    """
+    set_device = torch.cuda.set_device
+    torch.cuda.set_device = lambda device: None
+    try:
+        yield
+    finally:
+        torch.cuda.set_device = set_device
+
+
+def init_cpu_process_group(launcher: str, env_cfg: dict) -> None:
+    """Initialise ``torch.distributed`` without a GPU, through mmengine.
+
+    The same steps, in the same order, as ``Runner.setup_env``
+    (``set_multi_processing``, then ``init_dist`` with ``env_cfg.dist_cfg``),
+    except that no CUDA device is selected. The runner then finds the group
+    initialised and uses it.
+
+    Args:
+        launcher (str): ``'pytorch'``, ``'slurm'`` or ``'mpi'``.
+        env_cfg (dict): The config's ``env_cfg``; its ``dist_cfg`` names the
+            backend (``'gloo'``) and e.g. a ``timeout``.
+    """
+    if is_distributed():
         return
     if launcher == 'slurm':
-        node_list = os.environ['SLURM_NODELIST']
-        addr = subprocess.getoutput(
-            f'scontrol show hostname {node_list} | head -n1')
-        os.environ.setdefault('MASTER_ADDR', addr)
-        os.environ.setdefault('MASTER_PORT', '29500')
-        os.environ['WORLD_SIZE'] = os.environ['SLURM_NTASKS']
-        os.environ['RANK'] = os.environ['SLURM_PROCID']
-        os.environ['LOCAL_RANK'] = os.environ['SLURM_LOCALID']
-    elif launcher != 'pytorch':
-        raise ValueError(f'launcher {launcher!r} is not supported on CPU; '
-                         'use torchrun (--launcher pytorch) or Slurm.')
-    torch.distributed.init_process_group(backend=backend)
+        check_slurm_environment()
+    set_multi_processing(**env_cfg.get('mp_cfg', {}), distributed=True)
+    with _cuda_device_selection_disabled():
+        init_dist(launcher, **env_cfg.get('dist_cfg', {}))
 
 
 def adapt_for_cpu_distributed(cfg: Config) -> bool:
     """Make a distributed config run without a GPU (see module doc).
 
+    Args:
+        cfg (Config): The final config; changed in place.
+
     Returns:
         bool: Whether anything was changed (False with a GPU or when not
         distributed).
+
+    Raises:
+        LauncherError: The launcher's environment is incomplete.
     """
     launcher = cfg.get('launcher', 'none')
     if launcher == 'none' or torch.cuda.is_available():
         return False
     env_cfg = cfg.setdefault('env_cfg', {})
-    dist_cfg = env_cfg.setdefault('dist_cfg', {})
-    if dist_cfg.get('backend', 'nccl') != 'gloo':
-        print_log(f'No GPU: using the gloo backend instead of '
-                  f'{dist_cfg.get("backend", "nccl")!r}.', logger='current')
-        dist_cfg['backend'] = 'gloo'
-    wrapper = cfg.get('model_wrapper_cfg') or dict(
-        type='MMDistributedDataParallel', broadcast_buffers=False,
-        find_unused_parameters=cfg.get('find_unused_parameters', False))
-    wrapper['device_ids'] = None  # CPU modules take no device ids
-    cfg.model_wrapper_cfg = wrapper
+    _use_gloo(env_cfg)
+    _ddp_without_device_ids(cfg)
     replaced = _replace_syncbn(cfg.model)
     if replaced:
         print_log(f'No GPU: {replaced} SyncBN layer config(s) use BN '
                   '(SyncBN needs CUDA).', logger='current')
-    _init_process_group(launcher, 'gloo')
+    init_cpu_process_group(launcher, env_cfg)
     return True
 
 
 def check_amp_device() -> None:
-    """``--amp`` needs CUDA: mmengine's AmpOptimWrapper refuses the CPU."""
+    """Raise :class:`DeviceError` without CUDA: ``--amp`` needs it
+    (mmengine's ``AmpOptimWrapper`` refuses the CPU)."""
     if not torch.cuda.is_available():
-        raise RuntimeError(
+        raise DeviceError(
             '--amp needs a CUDA GPU (mmengine\'s AmpOptimWrapper does not '
             'run on the CPU); drop --amp to train in fp32 on the CPU.')
