@@ -22,7 +22,8 @@ from typing import Any, Dict, List
 
 import torch
 
-from mmdet_l2vit.analysis.benchmark import (DTYPES, MODEL_SPECS, build_model,
+from mmdet_l2vit.analysis.benchmark import (DTYPES, MODEL_SPECS,
+                                            baseline_names, build_model,
                                             gemm_gflops, make_step,
                                             measure_peak_memory, parse_size,
                                             time_interleaved)
@@ -56,6 +57,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--compile', action='store_true',
                         help='torch.compile our backbones (first call per '
                         'size compiles: use --warmup >= 1)')
+    parser.add_argument(
+        '--baseline', metavar='CHECKOUT',
+        help='also time our backbones as another checkout of this '
+        'repository has them (e.g. `git worktree add /tmp/base COMMIT`), '
+        'interleaved in the same run; they appear as "<model> @baseline"')
     parser.add_argument('--out', default='work_dirs/benchmark',
                         help='directory for results.json and plot.png')
     parser.add_argument('--report', metavar='RESULTS_JSON',
@@ -74,9 +80,13 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     progress(f'torch.mm reference on {args.threads} threads ...')
     reference = gemm_gflops(args.device)
     models = {}
-    for name in args.models:
+    names = list(args.models)
+    if args.baseline:
+        names += baseline_names(args.models)
+    for name in names:
         models[name] = build_model(name, with_cp=args.with_cp,
-                                   compile=args.compile).to(args.device)
+                                   compile=args.compile,
+                                   baseline=args.baseline).to(args.device)
     dtype = DTYPES[args.dtype]
     rows: List[Dict[str, Any]] = []
     for size_text in args.sizes:
@@ -105,7 +115,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                     row.update(measure_peak_memory(
                         name, size, args.batch, mode, args.dtype,
                         args.device, args.threads, args.with_cp,
-                        args.memory_repeats))
+                        args.memory_repeats, args.baseline))
                 rows.append(row)
     return dict(command='python tools/benchmark.py ' + ' '.join(
         repr(a) if ' ' in a else a for a in sys.argv[1:]),
@@ -152,7 +162,7 @@ def print_table(report: Dict[str, Any]) -> None:
     print(f"\ndevice {report['device']}, {report['threads']} threads, "
           f"{report['dtype']}, batch {report['batch']}; torch.mm: "
           f"{report['mm_gflops_per_s']:.1f} GFLOP/s")
-    header = (f"{'model':<18} {'size':>10} {'mode':>7} {'median ms':>10} "
+    header = (f"{'model':<28} {'size':>10} {'mode':>7} {'median ms':>10} "
               f"{'min-max ms':>17} {'x Swin-T':>8} {'GFLOP/s':>8} {'% mm':>5} "
               f"{'peak MiB':>9} {'RSS MiB':>8}")
     print(header)
@@ -168,7 +178,7 @@ def print_table(report: Dict[str, Any]) -> None:
                   if 'peak_bytes' in row else ' ' * 9)
         rss = (f"{row['rss_peak_bytes'] / 2**20:8.0f}"
                if 'rss_peak_bytes' in row else ' ' * 8)
-        print(f"{row['model']:<18} {size:>10} {row['mode']:>7} "
+        print(f"{row['model']:<28} {size:>10} {row['mode']:>7} "
               f"{row['median_s'] * 1e3:10.1f} {spread:>17} "
               f"{anchor_ratio(report, row):>8} {rate} {share} "
               f'{memory} {rss}')

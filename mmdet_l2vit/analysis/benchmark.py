@@ -18,11 +18,13 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Any, Callable, Dict, List, NamedTuple, Tuple
+from typing import (Any, Callable, Dict, List, NamedTuple, Optional,
+                    Sequence, Tuple)
 
 import torch
 from torch import nn
 
+from .baseline import load_baseline_backbones
 from .live_memory import LiveTensorPeak
 
 #: name -> (toolbox type, constructor kwargs)
@@ -40,10 +42,32 @@ DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16,
           'fp16': torch.float16}
 
 
-def build_model(name: str, with_cp: bool = False,
-                compile: bool = False) -> nn.Module:
-    """Build a benchmark model by its name in :data:`MODEL_SPECS`
-    (``compile`` applies to this package's backbones only)."""
+#: Our backbone types (``compile`` and ``--baseline`` apply to them).
+OUR_TYPES = ('L2ViT', 'InLinePVT', 'InLineSwin')
+#: Suffix of the names of models built from the ``--baseline`` checkout.
+BASELINE_SUFFIX = ' @baseline'
+
+
+def baseline_names(names: Sequence[str]) -> List[str]:
+    """The ``--baseline`` twins of our models among ``names``."""
+    return [
+        name + BASELINE_SUFFIX for name in names
+        if MODEL_SPECS[name][0] in OUR_TYPES
+    ]
+
+
+def build_model(name: str, with_cp: bool = False, compile: bool = False,
+                baseline: Optional[str] = None) -> nn.Module:
+    """Build a benchmark model by its name in :data:`MODEL_SPECS`.
+
+    Args:
+        name (str): A key of :data:`MODEL_SPECS`, or one with
+            :data:`BASELINE_SUFFIX`: the same backbone from the checkout
+            ``baseline`` (see :mod:`.baseline`).
+        with_cp (bool): Gradient checkpointing.
+        compile (bool): ``torch.compile`` (this package's backbones only).
+        baseline (str, optional): Root of the other checkout.
+    """
     import mmdet.models  # noqa: F401  (registers mmdet's backbones)
     from mmdet.registry import MODELS
     from mmengine.registry import init_default_scope
@@ -51,13 +75,20 @@ def build_model(name: str, with_cp: bool = False,
     import mmdet_l2vit  # noqa: F401
 
     init_default_scope('mmdet')
-    type_name, kwargs = MODEL_SPECS[name]
-    kwargs = dict(kwargs, type=type_name)
+    from_baseline = name.endswith(BASELINE_SUFFIX)
+    type_name, kwargs = MODEL_SPECS[name[:-len(BASELINE_SUFFIX)]
+                                    if from_baseline else name]
+    kwargs = dict(kwargs)
     if with_cp:
         kwargs['with_cp'] = True
-    if compile and type_name in ('L2ViT', 'InLinePVT', 'InLineSwin'):
+    if compile and type_name in OUR_TYPES:
         kwargs['compile'] = True
-    return MODELS.build(kwargs)
+    if from_baseline:
+        if baseline is None:
+            raise ValueError(f'{name!r} needs the baseline checkout.')
+        backbones = load_baseline_backbones(baseline)
+        return getattr(backbones, type_name)(**kwargs)
+    return MODELS.build(dict(kwargs, type=type_name))
 
 
 def parse_size(text: str) -> Tuple[int, int]:
@@ -157,10 +188,12 @@ def _read_status(field: str) -> int:
 
 def measure_peak_memory_here(name: str, size: Tuple[int, int], batch: int,
                              mode: str, dtype_name: str, device: str,
-                             threads: int, with_cp: bool) -> Dict[str, Any]:
+                             threads: int, with_cp: bool,
+                             baseline: Optional[str] = None
+                             ) -> Dict[str, Any]:
     """Peak memory of one iteration (run this in a fresh process)."""
     torch.set_num_threads(threads)
-    model = build_model(name, with_cp=with_cp).to(device)
+    model = build_model(name, with_cp=with_cp, baseline=baseline).to(device)
     model.train(mode == 'fwdbwd')
     x = torch.randn(batch, 3, *size, device=device)
     step = make_step(model, x, mode, DTYPES[dtype_name])
@@ -187,12 +220,13 @@ def measure_peak_memory_here(name: str, size: Tuple[int, int], batch: int,
 def measure_peak_memory(name: str, size: Tuple[int, int], batch: int,
                         mode: str, dtype_name: str, device: str, threads: int,
                         with_cp: bool = False,
-                        repeats: int = 1) -> Dict[str, Any]:
+                        repeats: int = 1,
+                        baseline: Optional[str] = None) -> Dict[str, Any]:
     """Median of ``repeats`` runs of :func:`measure_peak_memory_here`, each
     in a fresh subprocess (CPU peak RSS varies by a few % run to run)."""
     runs = [
         _measure_peak_memory_once(name, size, batch, mode, dtype_name,
-                                  device, threads, with_cp)
+                                  device, threads, with_cp, baseline)
         for _ in range(repeats)
     ]
     result = dict(runs[0])
@@ -205,10 +239,11 @@ def measure_peak_memory(name: str, size: Tuple[int, int], batch: int,
 
 def _measure_peak_memory_once(name: str, size: Tuple[int, int], batch: int,
                               mode: str, dtype_name: str, device: str,
-                              threads: int, with_cp: bool) -> Dict[str, Any]:
+                              threads: int, with_cp: bool,
+                              baseline: Optional[str]) -> Dict[str, Any]:
     args = dict(name=name, size=list(size), batch=batch, mode=mode,
                 dtype_name=dtype_name, device=device, threads=threads,
-                with_cp=with_cp)
+                with_cp=with_cp, baseline=baseline)
     code = ('import json, sys; from mmdet_l2vit.analysis.benchmark import '
             'measure_peak_memory_here as m; a = json.loads(sys.argv[1]); '
             'a["size"] = tuple(a["size"]); print("RESULT", json.dumps(m(**a)))')
