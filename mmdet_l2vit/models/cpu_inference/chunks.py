@@ -165,25 +165,27 @@ def mlp_residual_(x: torch.Tensor, norm: nn.Module,
     return x
 
 
-def nchw_outputs(backbone: nn.Module, stage_outputs: Sequence[torch.Tensor],
-                 out_norms: bool) -> Tuple[torch.Tensor, ...]:
-    """The backbone's outputs from its stage maps.
+def nchw_outputs(backbone: nn.Module, stage_outputs: Sequence[torch.Tensor]
+                 ) -> Tuple[torch.Tensor, ...]:
+    """The backbone's outputs from its stage maps: each output index's map
+    through its output norm (``backbone.output_norm(i)``; chunked, written
+    transposed) or, where that is an identity, transposed.
 
     Args:
-        backbone (nn.Module): Has ``out_indices`` and, with ``out_norms``,
-            the LayerNorms ``norm{i}``.
+        backbone (nn.Module): The backbone (``out_indices``,
+            ``output_norm``).
         stage_outputs (Sequence[Tensor]): (B, H_i, W_i, C_i) map of stage
-            ``i`` (at least up to the last output index).
-        out_norms (bool): Apply ``norm{i}`` (chunked, written transposed).
+            ``i``, at least up to the last output index.
 
     Returns:
         tuple[Tensor]: One contiguous (B, C_i, H_i, W_i) map per
         ``backbone.out_indices``.
     """
-    if not out_norms:
-        return tuple(
-            channels_last_to_nchw(stage_outputs[i])
-            for i in backbone.out_indices)
-    return tuple(
-        layer_norm_to_nchw(stage_outputs[i], getattr(backbone, f'norm{i}'))
-        for i in backbone.out_indices)
+    outs = []
+    for i in backbone.out_indices:
+        norm = backbone.output_norm(i)
+        if isinstance(norm, nn.Identity):
+            outs.append(channels_last_to_nchw(stage_outputs[i]))
+        else:
+            outs.append(layer_norm_to_nchw(stage_outputs[i], norm))
+    return tuple(outs)

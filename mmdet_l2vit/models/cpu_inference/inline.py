@@ -7,7 +7,7 @@ their MLP half in token chunks in place; patch merging gathers, normalises
 and reduces bands of output rows; output norms run chunked, written
 transposed to NCHW.
 """
-from typing import Tuple
+from typing import List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -36,8 +36,7 @@ def patch_embed(embed: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return layer_norm_into(x, embed.norm, x)
 
 
-def swin_softmax_block(block: nn.Module, x: torch.Tensor,
-                        workspace: Workspace) -> torch.Tensor:
+def swin_softmax_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """A Swin window softmax block: ``y = x + attn(norm1(x))`` (zero pad,
     cyclic shift, windows with relative position bias and shift mask), then
     ``y += mlp(norm2(y))`` in token chunks.
@@ -46,7 +45,6 @@ def swin_softmax_block(block: nn.Module, x: torch.Tensor,
         block (nn.Module): The block (``norm1``, ``attn``: a
             SwinWindowAttention, ``norm2``, ``mlp``).
         x (Tensor): (B, H, W, C) (not modified).
-        workspace (Workspace): Unused (the signature of the block runners).
 
     Returns:
         Tensor: (B, H, W, C), a new map.
@@ -100,16 +98,21 @@ def patch_merging(merge: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def run_inline_pvt(backbone: nn.Module, x: torch.Tensor
                    ) -> Tuple[torch.Tensor, ...]:
-    """The InLine-PVT backbone's output for CPU inference.
+    """An InLinePVT's outputs, as ``run_cpu_inference`` returns them
+    (output norms when ``out_norms``)."""
+    return nchw_outputs(backbone, inline_pvt_stages(backbone, x))
 
-    Args:
-        backbone (nn.Module): The InLinePVT (eval mode).
-        x (Tensor): (B, C_in, H, W) images, validated by the backbone.
 
-    Returns:
-        tuple[Tensor]: One contiguous (B, C_i, H_i, W_i) map per
-        ``backbone.out_indices`` (output norms applied when it has them).
-    """
+def run_inline_swin(backbone: nn.Module, x: torch.Tensor
+                    ) -> Tuple[torch.Tensor, ...]:
+    """An InLineSwin's outputs, as ``run_cpu_inference`` returns them."""
+    return nchw_outputs(backbone, inline_swin_stages(backbone, x))
+
+
+def inline_pvt_stages(backbone: nn.Module,
+                      x: torch.Tensor) -> List[torch.Tensor]:
+    """The (B, H_i, W_i, C_i) maps of the stages up to the last output index
+    (the workspace is freed on return, before the output norms)."""
     workspace = Workspace()
     stage_outputs = []
     for i in range(max(backbone.out_indices) + 1):
@@ -119,21 +122,13 @@ def run_inline_pvt(backbone: nn.Module, x: torch.Tensor
             x = inline_block(block, x, workspace, out=x)
         stage_outputs.append(x)
         x = x.permute(0, 3, 1, 2)  # NCHW view for the next conv
-    return nchw_outputs(backbone, stage_outputs, backbone.out_norms)
+    return stage_outputs
 
 
-def run_inline_swin(backbone: nn.Module, x: torch.Tensor
-                    ) -> Tuple[torch.Tensor, ...]:
-    """The InLine-Swin backbone's output for CPU inference.
-
-    Args:
-        backbone (nn.Module): The InLineSwin (eval mode).
-        x (Tensor): (B, C_in, H, W) images, validated by the backbone.
-
-    Returns:
-        tuple[Tensor]: One contiguous (B, C_i, H_i, W_i) map per
-        ``backbone.out_indices``, output norms applied.
-    """
+def inline_swin_stages(backbone: nn.Module,
+                       x: torch.Tensor) -> List[torch.Tensor]:
+    """The (B, H_i, W_i, C_i) maps of the stages up to the last output index
+    (the workspace is freed on return, before the output norms)."""
     p = backbone.patch_embed.patch_size
     pad_b, pad_r = -x.shape[2] % p, -x.shape[3] % p
     if pad_b or pad_r:
@@ -142,13 +137,12 @@ def run_inline_swin(backbone: nn.Module, x: torch.Tensor
     workspace = Workspace()
     stage_outputs = []
     for i in range(max(backbone.out_indices) + 1):
-        stage = backbone.layers[i]
         if i > 0:
             x = patch_merging(backbone.layers[i - 1].downsample, x)
-        for block in stage.blocks:
+        for block in backbone.layers[i].blocks:
             if block.kind == 'I':
                 x = inline_block(block, x, workspace, out=x)
             else:
-                x = swin_softmax_block(block, x, workspace)
+                x = swin_softmax_block(block, x)
         stage_outputs.append(x)
-    return nchw_outputs(backbone, stage_outputs, out_norms=True)
+    return stage_outputs

@@ -6,7 +6,7 @@ workspace's :data:`.l2vit_blocks.SHARED_MAP`; every block then works in place
 on the fresh downsample output (:mod:`.l2vit_blocks`); the output norms run
 chunked, written transposed to NCHW.
 """
-from typing import Tuple
+from typing import List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -66,16 +66,13 @@ def downsample(layer: nn.Module, x: torch.Tensor,
 
 def run_l2vit(backbone: nn.Module, x: torch.Tensor
               ) -> Tuple[torch.Tensor, ...]:
-    """The L²ViT backbone's output for CPU inference.
+    """An L2ViT's outputs, as ``run_cpu_inference`` returns them."""
+    return nchw_outputs(backbone, l2vit_stages(backbone, x))
 
-    Args:
-        backbone (nn.Module): The L2ViT (eval mode).
-        x (Tensor): (B, C_in, H, W) images, validated by the backbone.
 
-    Returns:
-        tuple[Tensor]: One contiguous (B, C_i, H_i, W_i) map per
-        ``backbone.out_indices``, output norms applied.
-    """
+def l2vit_stages(backbone: nn.Module, x: torch.Tensor) -> List[torch.Tensor]:
+    """The (B, H_i, W_i, C_i) maps of the stages up to the last output index
+    (the workspace is freed on return, before the output norms)."""
     workspace = Workspace()
     stage_outputs = []
     for i in range(max(backbone.out_indices) + 1):
@@ -83,11 +80,11 @@ def run_l2vit(backbone: nn.Module, x: torch.Tensor
         x = stem(layer, x) if i == 0 else downsample(layer, x, workspace)
         for block in backbone.stages[i]:
             if isinstance(block, LWABlock):
-                x = lwa_block_(block, x, workspace)
+                x = lwa_block_(block, x)
             elif isinstance(block, LGABlock):
                 x = lga_block_(block, x, workspace)
             else:
                 raise TypeError(f'L2ViT CPU inference: unknown block '
                                 f'{type(block).__name__}.')
         stage_outputs.append(x)
-    return nchw_outputs(backbone, stage_outputs, out_norms=True)
+    return stage_outputs

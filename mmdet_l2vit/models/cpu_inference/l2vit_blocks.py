@@ -183,20 +183,18 @@ def local_concentration_(x: torch.Tensor, norm: nn.Module, lcm: nn.Module,
     return x
 
 
-def lwa_block_(block: LWABlock, x: torch.Tensor,
-               workspace: Workspace) -> torch.Tensor:
+def lwa_block_(block: LWABlock, x: torch.Tensor) -> torch.Tensor:
     """The local window attention block over ``x``, in place:
     ``x = cpe0(x); x += attn(norm1(x)); x = cpe1(x); x += mlp(norm2(x))``.
 
     Args:
         block (LWABlock): The block (drop path a no-op).
-        x (Tensor): (B, H, W, C), contiguous, owned by the engine.
-        workspace (Workspace): Unused (the signature of the block runners).
+        x (Tensor): (B, H, W, C), owned by the engine.
 
     Returns:
-        Tensor: ``x``.
+        Tensor: ``x`` (made contiguous first if it is not).
     """
-    x = conv_pos_enc_(x, block.cpe[0])
+    x = conv_pos_enc_(x.contiguous(), block.cpe[0])
     x = window_attention_(x, block.norm1, block.attn)
     x = conv_pos_enc_(x, block.cpe[1])
     return mlp_residual_(x, block.norm2, block.mlp)
@@ -210,13 +208,13 @@ def lga_block_(block: LGABlock, x: torch.Tensor,
 
     Args:
         block (LGABlock): The block (drop path a no-op).
-        x (Tensor): (B, H, W, C), contiguous, owned by the engine.
+        x (Tensor): (B, H, W, C), owned by the engine.
         workspace (Workspace): Scratch buffers of this forward.
 
     Returns:
-        Tensor: ``x``.
+        Tensor: ``x`` (made contiguous first if it is not).
     """
-    x = conv_pos_enc_(x, block.cpe[0])
+    x = conv_pos_enc_(x.contiguous(), block.cpe[0])
     x = linear_attention_(x, block.norm1, block.attn, workspace)
     x = local_concentration_(x, block.norm3, block.local_mp, workspace)
     return mlp_residual_(x, block.norm2, block.mlp)
