@@ -4,23 +4,29 @@ The official L²ViT and InLine training scripts pickle more than tensors: an
 ``argparse.Namespace`` (L²ViT, under ``args``) or a ``yacs.config.CfgNode``
 (InLine, under ``config``). ``torch.load(weights_only=True)`` refuses both,
 and ``weights_only=False`` would run any code a file asks for. This module
-reads them with a restricted unpickler that knows exactly the classes these
-formats need (tensor rebuilds, ``OrderedDict``, ``set``, ``Namespace``, and a
-stand-in for ``CfgNode`` so yacs need not be installed) and refuses anything
-else with an explanation.
+reads them with torch's weights-only unpickler, allowing these two classes
+only for the duration of the load (``torch.serialization.safe_globals``):
+``Namespace`` itself, and ``collections.OrderedDict`` under the name
+``yacs.config.CfgNode`` (torch fills only ``dict`` / ``OrderedDict`` /
+``Counter`` item by item, so a ``dict`` subclass stand-in would be refused;
+yacs need not be installed and none of its code runs). Anything else is
+refused, naming the file, the class and the way out (``trust_pickle``).
 
 Everything here is a pure function: the backbones call it from
 ``init_weights`` and ``tools/convert_checkpoint.py`` calls it offline.
 """
 import argparse
 import collections
+import contextlib
+import importlib.util
 import logging
 import os
 import os.path as osp
 import pickle
+import re
 import zipfile
-from typing import (Any, Dict, Iterable, List, Mapping, NamedTuple, Optional,
-                    Sequence, Tuple)
+from typing import (Any, Callable, Dict, Iterable, Iterator, List, Mapping,
+                    NamedTuple, Optional, Sequence, Tuple, Union)
 
 import torch
 from mmengine.logging import print_log
@@ -35,86 +41,41 @@ class UnsafeCheckpointError(CheckpointError):
     """A checkpoint that pickles classes outside the safe allow-list."""
 
 
-class CfgNode(dict):
-    """Stand-in for ``yacs.config.CfgNode`` (a ``dict`` subclass).
-
-    The InLine checkpoints pickle their training config as a yacs
-    ``CfgNode``. Only its dict content is ever needed, so the unpickler maps
-    the class to this plain ``dict`` subclass: yacs need not be installed and
-    none of its code runs.
-    """
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self[name]
-        except KeyError as e:
-            raise AttributeError(name) from e
-
-
-#: Globals a supported checkpoint may reference, mapped to what to build.
-_SAFE_GLOBALS: Dict[Tuple[str, str], Any] = {
-    ('collections', 'OrderedDict'): collections.OrderedDict,
-    ('builtins', 'set'): set,
-    ('builtins', 'frozenset'): frozenset,
-    ('argparse', 'Namespace'): argparse.Namespace,
-    ('yacs.config', 'CfgNode'): CfgNode,
-    ('torch._utils', '_rebuild_tensor_v2'): torch._utils._rebuild_tensor_v2,
-    ('torch._utils', '_rebuild_parameter'): torch._utils._rebuild_parameter,
-    ('torch', 'Size'): torch.Size,
-}
-#: Modules renamed between Python 2 and 3 (pickle protocol < 3 names).
-_PY2_MODULES = {'__builtin__': 'builtins', 'copy_reg': 'copyreg'}
+#: Classes the official checkpoints pickle besides what torch allows by
+#: default, as entries of ``torch.serialization.safe_globals``.
+OFFICIAL_SAFE_GLOBALS: List[Union[Callable, Tuple[Callable, str]]] = [
+    argparse.Namespace,
+    (collections.OrderedDict, 'yacs.config.CfgNode'),
+]
 
 TRUST_HINT = (
     'If you trust the file (you downloaded it from the official release), '
-    'convert it once with `python tools/convert_checkpoint.py SRC DST '
-    '--trust-pickle`, which reads it with full pickle and writes a '
-    'tensor-only file, and point `init_cfg.checkpoint` at DST.')
+    'read it with full pickle: set `trust_pickle=True` in the backbone\'s '
+    '`init_cfg`, or convert it once with `python tools/convert_checkpoint.py '
+    'SRC DST --trust-pickle`, which writes a tensor-only file, and point '
+    '`init_cfg.checkpoint` at DST.')
+
+#: Errors of ``torch.load`` that mean the file itself is damaged.
+_READ_ERRORS = (RuntimeError, EOFError, OSError, zipfile.BadZipFile,
+                ValueError)
+
+#: What torch's weights-only unpickler says when it refuses a construct
+#: (rather than failing on bytes that are no pickle at all).
+_REFUSAL_PATTERNS = ('Unsupported global', 'unsupported GLOBAL', 'Can only',
+                     'Trying to call reduce', 'refusing getattr')
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler that only resolves the globals of ``safe_globals``."""
+@contextlib.contextmanager
+def official_safe_globals() -> Iterator[None]:
+    """Allow :data:`OFFICIAL_SAFE_GLOBALS` inside the ``with`` block only.
 
-    safe_globals: Mapping[Tuple[str, str], Any] = _SAFE_GLOBALS
-
-    def find_class(self, module: str, name: str) -> Any:
-        module = _PY2_MODULES.get(module, module)
-        if (module, name) in self.safe_globals:
-            return self.safe_globals[(module, name)]
-        if module == 'torch' and isinstance(getattr(torch, name, None),
-                                            torch.dtype):
-            return getattr(torch, name)
-        raise UnsafeCheckpointError(
-            f'the checkpoint pickles `{module}.{name}`, which is not one of '
-            'the classes the supported formats need, so it was not loaded '
-            f'(unpickling it could run arbitrary code). {TRUST_HINT}')
-
-
-class _TrustedUnpickler(pickle.Unpickler):
-    """Full unpickler, with the yacs stand-in when yacs is not installed."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) == ('yacs.config', 'CfgNode'):
-            try:
-                return super().find_class(module, name)
-            except ImportError:
-                return CfgNode
-        return super().find_class(module, name)
-
-
-class _PickleModule:
-    """A ``pickle_module`` for ``torch.load`` built on one unpickler."""
-
-    def __init__(self, unpickler: type) -> None:
-        self.Unpickler = unpickler
-        self.__name__ = f'mmdet_l2vit.{unpickler.__name__}'
-
-    def load(self, file: Any, **kwargs: Any) -> Any:
-        return self.Unpickler(file, **kwargs).load()
-
-
-RESTRICTED_PICKLE = _PickleModule(_RestrictedUnpickler)
-TRUSTED_PICKLE = _PickleModule(_TrustedUnpickler)
+    Entries that were already allowed (globally, by the user) are left out,
+    so leaving the block does not remove them.
+    """
+    allowed = torch.serialization.get_safe_globals()
+    extra = [g for g in OFFICIAL_SAFE_GLOBALS if g not in allowed]
+    with torch.serialization.safe_globals(extra):
+        yield
 
 
 def read_checkpoint_file(path: str, trust_pickle: bool = False) -> Any:
@@ -133,6 +94,20 @@ def read_checkpoint_file(path: str, trust_pickle: bool = False) -> Any:
         UnsafeCheckpointError: The file needs classes outside the allow-list.
         CheckpointError: The file is truncated, corrupt or not a checkpoint.
     """
+    path = _existing_file(path)
+    if trust_pickle:
+        return _read_trusted(path)
+    try:
+        with official_safe_globals():
+            return torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise _refused_or_corrupt(path, e) from None
+    except _READ_ERRORS as e:
+        raise _corrupt(path, e) from e
+
+
+def _existing_file(path: str) -> str:
+    """The expanded ``path``, after checking that it is a non-empty file."""
     path = osp.expanduser(str(path))
     if not osp.isfile(path):
         raise FileNotFoundError(
@@ -142,33 +117,88 @@ def read_checkpoint_file(path: str, trust_pickle: bool = False) -> Any:
     if osp.getsize(path) == 0:
         raise CheckpointError(f'checkpoint file {path!r} is empty (0 bytes); '
                               'download it again.')
+    return path
+
+
+def _refused_or_corrupt(path: str,
+                        error: pickle.UnpicklingError) -> CheckpointError:
+    """Turn a weights-only failure into a refusal that names the classes,
+    or, when torch refused no construct, into a corrupt-file error."""
+    detail = _unpickler_detail(str(error))
+    wanted = _unsafe_globals(path) or re.findall(r'GLOBAL (\S+) ', detail)
+    if not wanted and not any(p in detail for p in _REFUSAL_PATTERNS):
+        return _corrupt(path, pickle.UnpicklingError(detail))
+    what = (f'pickles `{"`, `".join(sorted(set(wanted)))}`' if wanted else
+            f'needs more than tensors and plain types ({detail})')
+    return UnsafeCheckpointError(
+        f'{path}: the checkpoint {what}, which is not one of the classes the '
+        'supported formats need, so it was not loaded (unpickling it could '
+        f'run arbitrary code). {TRUST_HINT}')
+
+
+def _unpickler_detail(message: str) -> str:
+    """The reason in torch's long ``Weights only load failed`` message."""
+    found = re.search(r'WeightsUnpickler error:\s*(.*?)\s*(?:\n\n|$)',
+                      message, flags=re.S)
+    return found.group(1).strip() if found else message.strip()
+
+
+def _unsafe_globals(path: str) -> List[str]:
+    """Globals of a zip checkpoint that the official allow-list lacks."""
     try:
-        # Tensor-only files (ours, mmengine-converted) need no pickle help.
-        return torch.load(path, map_location='cpu', weights_only=True)
-    except pickle.UnpicklingError as e:
-        if 'Weights only load failed' not in str(e):
-            raise _corrupt(path, e) from e
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile,
-            ValueError) as e:
-        raise _corrupt(path, e) from e
-    module = TRUSTED_PICKLE if trust_pickle else RESTRICTED_PICKLE
-    try:
-        return torch.load(
-            path, map_location='cpu', weights_only=False,
-            pickle_module=module)
-    except UnsafeCheckpointError as e:
-        raise UnsafeCheckpointError(f'{path}: {e}') from None
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError,
-            zipfile.BadZipFile, ValueError, AttributeError,
-            ImportError) as e:
-        raise _corrupt(path, e) from e
+        with official_safe_globals():
+            return torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except (pickle.UnpicklingError, ) + _READ_ERRORS:
+        return []  # legacy (non-zip) file: torch's message names the class
 
 
 def _corrupt(path: str, error: BaseException) -> CheckpointError:
+    """The error for a file that is damaged or not a checkpoint."""
     return CheckpointError(
         f'could not read checkpoint {path!r}: the file is truncated, corrupt '
         f'or not a PyTorch checkpoint ({type(error).__name__}: {error}). '
         'Download it again and compare its size with the release.')
+
+
+class _YacsFreeUnpickler(pickle.Unpickler):
+    """Full unpickler that reads yacs' ``CfgNode`` as an ``OrderedDict``.
+
+    Used by :func:`read_checkpoint_file` with ``trust_pickle=True`` only
+    when yacs is not installed; everything else resolves as in ``pickle``.
+    """
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ('yacs.config', 'CfgNode'):
+            return collections.OrderedDict
+        return super().find_class(module, name)
+
+
+class _YacsFreePickle:
+    """The ``pickle_module`` for ``torch.load`` around the unpickler above."""
+
+    Unpickler = _YacsFreeUnpickler
+
+    @staticmethod
+    def load(file: Any, **kwargs: Any) -> Any:
+        """``pickle.load`` with the unpickler above (legacy format)."""
+        return _YacsFreeUnpickler(file, **kwargs).load()
+
+
+def _read_trusted(path: str) -> Any:
+    """Read a trusted file with full pickle (``weights_only=False``)."""
+    kwargs: Dict[str, Any] = {}
+    if importlib.util.find_spec('yacs') is None:
+        kwargs['pickle_module'] = _YacsFreePickle
+    try:
+        return torch.load(path, map_location='cpu', weights_only=False,
+                          **kwargs)
+    except (ImportError, AttributeError) as e:
+        raise CheckpointError(
+            f'could not read checkpoint {path!r} with full pickle: it needs '
+            f'a class that is not installed ({type(e).__name__}: {e}).'
+        ) from e
+    except (pickle.UnpicklingError, ) + _READ_ERRORS as e:
+        raise _corrupt(path, e) from e
 
 
 def extract_state_dict(checkpoint: Any,

@@ -1,5 +1,16 @@
-"""Runtime integration with mmengine: checkpoint loading and hooks."""
-from .checkpoint_loader import load_local_checkpoint
-from .hooks import RNGStateHook, StepRecordHook
+"""Runtime integration with mmengine: checkpoint allow-list and hooks.
 
-__all__ = ['load_local_checkpoint', 'RNGStateHook', 'StepRecordHook']
+Importing it adds the classes mmengine pickles into its runner checkpoints to
+torch's weights-only allow-list (:mod:`.safe_globals`), so that mmengine's own,
+unmodified loader reads them on torch >= 2.6.
+"""
+from .hooks import RNGStateHook, StepRecordHook
+from .safe_globals import (history_buffer_statistic, mmengine_safe_globals,
+                           register_mmengine_safe_globals)
+
+register_mmengine_safe_globals()
+
+__all__ = [
+    'RNGStateHook', 'StepRecordHook', 'history_buffer_statistic',
+    'mmengine_safe_globals', 'register_mmengine_safe_globals'
+]
