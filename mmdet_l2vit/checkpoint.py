@@ -305,6 +305,7 @@ def load_state_dict_strictly(module: nn.Module,
                              expected_family: str,
                              allowed_missing: Iterable[str] = (),
                              allowed_unexpected: Iterable[str] = (),
+                             resized_on_load: Iterable[str] = (),
                              logger: Any = 'current') -> None:
     """Load a state dict, failing on anything not explicitly expected.
 
@@ -316,11 +317,16 @@ def load_state_dict_strictly(module: nn.Module,
         allowed_missing (Iterable[str]): Keys (or ``'prefix.'`` patterns) the
             checkpoint may lack; they keep their initialisation.
         allowed_unexpected (Iterable[str]): Keys the model may lack.
+        resized_on_load (Iterable[str]): Key suffixes whose tensors the
+            module's load pre-hooks resize (e.g.
+            ``'relative_position_bias_table'``): their shapes are checked by
+            ``load_state_dict`` after the hooks, not here.
         logger: mmengine logger or name. Default: 'current'.
 
     Raises:
         CheckpointError: Naming missing, unexpected or mis-shaped keys.
     """
+    resized_on_load = tuple(resized_on_load)
     allowed_missing = list(allowed_missing)
     allowed_unexpected = list(allowed_unexpected)
     own = module.state_dict()
@@ -333,6 +339,7 @@ def load_state_dict_strictly(module: nn.Module,
     mis_shaped = [
         f'{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}'
         for k, v in state_dict.items() if k in own and v.shape != own[k].shape
+        and not k.endswith(resized_on_load)
     ]
     if bad_missing or bad_unexpected or mis_shaped:
         family = detect_family(state_dict)
@@ -358,7 +365,11 @@ def load_state_dict_strictly(module: nn.Module,
             f'checkpoint {source} does not fit {type(module).__name__}: '
             + '; '.join(parts) + '.' + hint)
     state_dict = {k: v for k, v in state_dict.items() if k in own}
-    module.load_state_dict(state_dict, strict=False)
+    try:
+        module.load_state_dict(state_dict, strict=False)
+    except RuntimeError as e:  # a resize the load pre-hooks could not do
+        raise CheckpointError(f'checkpoint {source} does not fit '
+                              f'{type(module).__name__}: {e}') from None
     print_log(
         f'{type(module).__name__}: loaded {len(state_dict)} tensors from '
         f'{source}; kept at init (expected): {_short_list(missing)}; '

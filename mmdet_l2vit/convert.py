@@ -77,7 +77,8 @@ def convert_checkpoint(src: str,
     converted = model.convert_official_state_dict(state_dict)
     load_state_dict_strictly(model, converted.state_dict, source=src,
                              expected_family=family,
-                             allowed_unexpected=model.optional_keys())
+                             allowed_unexpected=model.optional_keys(),
+                             resized_on_load=model.resized_on_load)
     meta = dict(type=family, arch=arch, source=str(src), entry=source,
                 out_indices=list(out_indices), dropped=converted.dropped,
                 created=converted.created,

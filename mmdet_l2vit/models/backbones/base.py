@@ -120,6 +120,8 @@ class DenseBackbone(BaseModule):
     num_stages = 4
     #: Smallest input side the backbone accepts.
     min_input_size = 1
+    #: Key suffixes whose tensors a load pre-hook resizes to this model.
+    resized_on_load: Tuple[str, ...] = ()
 
     def __init__(self,
                  out_indices: Sequence[int] = (0, 1, 2, 3),
@@ -346,7 +348,8 @@ class DenseBackbone(BaseModule):
         load_state_dict_strictly(
             self, converted.state_dict, source=f"{checkpoint}['{source}']",
             expected_family=self.family,
-            allowed_unexpected=self.optional_keys())
+            allowed_unexpected=self.optional_keys(),
+            resized_on_load=self.resized_on_load)
         print_log(
             f'{type(self).__name__}: checkpoint {checkpoint} [{source}]: '
             f'{len(converted.kept)} kept, dropped {converted.dropped}, '

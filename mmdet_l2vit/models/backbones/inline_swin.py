@@ -357,6 +357,9 @@ class InLineSwin(DenseBackbone):
                 nn.init.trunc_normal_(module.relative_position_bias_table,
                                       std=.02)
 
+    #: Tables of another softmax window are resized by the attention's load
+    #: pre-hook.
+    resized_on_load = ('relative_position_bias_table', )
     #: Official keys with no counterpart here (classifier, derived buffers).
     dropped_patterns = ('head.', 'norm.')
     dropped_suffixes = ('.relative_position_index', '.attn_mask')

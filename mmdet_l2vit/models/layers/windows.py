@@ -45,9 +45,11 @@ def window_sdpa(qkv: torch.Tensor,
     ws, heads = window_size, num_heads
     C = C3 // 3
     nh, nw = Hp // ws, Wp // ws
-    qkv = qkv.view(B, nh, ws, nw, ws, 3, heads, C // heads)
-    q, k, v = qkv.permute(5, 0, 1, 3, 6, 2, 4, 7).reshape(
-        3, B * nh * nw, heads, ws * ws, C // heads).unbind(0)
+    # one copy into window-major head layout; the projection is freed
+    qkv = qkv.view(B, nh, ws, nw, ws, 3, heads, C // heads).permute(
+        5, 0, 1, 3, 6, 2, 4, 7).reshape(3, B * nh * nw, heads, ws * ws,
+                                        C // heads)
+    q, k, v = qkv.unbind(0)
     if attn_mask is not None:
         attn_mask = attn_mask.to(q.dtype)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
