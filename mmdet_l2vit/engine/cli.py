@@ -195,17 +195,9 @@ def _save_predictions(cfg: Config, out: str, scope: str) -> None:
 
 
 def setup_test_cfg(args: argparse.Namespace) -> Config:
-    """The config ``tools/test.py`` runs, with the CLI options applied.
-
-    Args:
-        args (argparse.Namespace): Parsed :func:`test_parser` arguments.
-
-    Returns:
-        Config: The final config.
-
-    Raises:
-        ConfigError: Options that cannot run with this config.
-    """
+    """The config ``tools/test.py`` runs for the parsed :func:`test_parser`
+    arguments (checkpoint, ``--show``/``--show-dir``, ``--out``); raises
+    :class:`ConfigError` for options this config cannot run."""
     cfg = _load_cfg(args)
     cfg.load_from = args.checkpoint
     scope = cfg.get('default_scope', 'mmdet')

@@ -225,17 +225,17 @@ class InLineSwin(DenseBackbone):
             Default: 'tiny'.
         in_channels (int): Image channels. Default: 3.
         drop_path_rate (float): Stochastic depth rate. Default: 0.1.
-        kernel_func (str): InLine kernel map of q and k (``'identity'``,
-            ``'relu'``, ``'leakyrelu'``, ``'exp'``). Default: 'identity'.
         softmax_window_size (int, optional): Override the window of the
             softmax blocks (checkpoint tables are resized bicubically).
             Default: None (official rule).
-        out_indices, frozen_stages, norm_eval, with_cp, pretrained,
-            compile, inference: the backbone contract, see
-            :class:`~mmdet_l2vit.models.backbones.base.DenseBackbone`.
+        kernel_func (str): The InLine kernel map of q and k, as in
+            :class:`InLinePVT`. Default: 'identity'.
         init_cfg (dict, optional): ``dict(type='Pretrained',
             checkpoint=PATH)`` loads an official InLine-Swin classification
             checkpoint as released.
+        out_indices, frozen_stages, norm_eval, with_cp, pretrained,
+            compile, inference: the backbone contract, see
+            :class:`~mmdet_l2vit.models.backbones.base.DenseBackbone`.
 
     Examples:
         >>> import torch

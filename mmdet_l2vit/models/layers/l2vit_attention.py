@@ -90,12 +90,7 @@ class LinearAttention(nn.Module):
         self.proj = nn.Linear(embed_dims, embed_dims)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Args:
-            x (Tensor): (B, H, W, C), normalised.
-
-        Returns:
-            Tensor: (B, H, W, C).
-        """
+        """Normalised (B, H, W, C) map -> (B, H, W, C)."""
         B, H, W, C = x.shape
         qkv = self.qkv(x).view(B, H * W, 3, self.num_heads, -1)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, heads, N, d)
