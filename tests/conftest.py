@@ -41,17 +41,28 @@ def reference_file():
 
 
 @pytest.fixture
-def small_chunks(monkeypatch):
-    """``small_chunks(min_tokens)``: make CPU inference use the smallest
-    chunks and bands (at least ``min_tokens`` tokens), so every banded or
-    chunked block runs in several pieces."""
-    from mmdet_l2vit.models.layers import chunked
+def engine_calls(monkeypatch):
+    """A list that gets one entry (the backbone's class name) per forward
+    the CPU inference engine computes (wraps the backbone base's
+    ``run_cpu_inference`` and calls through)."""
+    from mmdet_l2vit.models.backbones import base
+    calls = []
+    run = base.run_cpu_inference
 
-    def shrink(min_tokens: int) -> None:
-        monkeypatch.setattr(chunked, 'CHUNK_BYTES', 1)
-        monkeypatch.setattr(chunked, 'MIN_CHUNK_TOKENS', min_tokens)
+    def spy(backbone, x):
+        calls.append(type(backbone).__name__)
+        return run(backbone, x)
 
-    return shrink
+    monkeypatch.setattr(base, 'run_cpu_inference', spy)
+    return calls
+
+
+def expected_engine_calls(inference: str, grad: bool = False) -> int:
+    """Engine runs of one float32 CPU eval-mode forward: one with
+    ``inference='auto'`` and autograd off, where this torch has the fused
+    kernels the engine needs; none otherwise."""
+    from mmdet_l2vit.models.cpu_inference.onednn import ONEDNN_AVAILABLE
+    return int(inference == 'auto' and not grad and ONEDNN_AVAILABLE)
 
 
 @pytest.fixture(autouse=True)

@@ -1,8 +1,9 @@
-"""InLine-PVT: official parity, the InLine attention math, dense behaviour,
-the backbone contract, checkpoints and bad inputs."""
+"""InLine-PVT specifics: official parity, the InLine attention maths,
+position embeddings resized per stage, optional output norms and the
+official checkpoint layouts. The backbone contract shared with the other
+families is tested in test_backbone_contract.py."""
 import copy
 import json
-import math
 
 import pytest
 import torch
@@ -10,13 +11,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmdet_l2vit import InLinePVT
-from mmdet_l2vit.checkpoint import (CheckpointError, extract_state_dict,
+from mmdet_l2vit.checkpoint import (extract_state_dict,
                                     load_state_dict_strictly,
                                     read_checkpoint_file)
+from mmdet_l2vit.models.layers import inline_attention
 from mmdet_l2vit.models.layers.inline_attention import (KERNEL_FUNCS,
                                                         InLineAttention)
 
-from conftest import require_toolbox
+from conftest import expected_engine_calls
 
 R1_ARCH = dict(embed_dims=[16, 32, 64, 128], depths=[2, 2, 2, 2],
                num_heads=[1, 2, 4, 8], mlp_ratios=[8, 8, 4, 4])
@@ -31,13 +33,6 @@ def pretrained(path, **kwargs):
 def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     assert a.shape == b.shape, (a.shape, b.shape)
     return (a - b).abs().max().item()
-
-
-def floor_sizes(h: int, w: int):
-    sizes = [(h // 4, w // 4)]
-    for _ in range(3):
-        sizes.append((sizes[-1][0] // 2, sizes[-1][1] // 2))
-    return sizes
 
 
 def random_model(arch=SMALL_ARCH, seed=0, **kwargs):
@@ -59,9 +54,15 @@ def r1(reference_file):
     return model.eval(), state_dict, expected
 
 
+@pytest.mark.parametrize('inference', ['reference', 'auto'])
 @pytest.mark.parametrize('size', ['224', '120x152'])
-def test_stage_tokens_and_logits_match_official(r1, size):
+def test_stage_tokens_and_logits_match_official(r1, size, inference,
+                                                engine_calls):
+    """Stage tokens and logits of the reference modules; the outputs (no
+    output norms: the raw stage maps) of the reference modules and of the
+    default (the CPU inference engine where it applies)."""
     model, state_dict, expected = r1
+    model.inference = inference
     with torch.no_grad():
         stages = model.forward_stages(expected[f'input_{size}'])
         # The classification tail: mean over stage-4 tokens -> head (no
@@ -69,11 +70,12 @@ def test_stage_tokens_and_logits_match_official(r1, size):
         logits = F.linear(stages[3].mean((1, 2)), state_dict['head.weight'],
                           state_dict['head.bias'])
         outs = model(expected[f'input_{size}'])
-    for stage, out, ref in zip(stages, outs,
-                               expected[f'stage_tokens_{size}']):
+    assert len(engine_calls) == expected_engine_calls(inference)
+    refs = expected[f'stage_tokens_{size}']
+    assert len(outs) == len(refs) == 4
+    for stage, out, ref in zip(stages, outs, refs):
         assert max_abs_diff(stage.permute(0, 3, 1, 2), ref) <= TOLERANCE
-        # No output norms by default: outputs are the raw stage maps.
-        assert torch.equal(out, stage.permute(0, 3, 1, 2))
+        assert max_abs_diff(out, ref) <= TOLERANCE
     assert max_abs_diff(logits, expected[f'logits_{size}']) <= TOLERANCE
 
 
@@ -140,44 +142,6 @@ def test_inline_attention_equals_explicit_weights(kernel_func):
     torch.testing.assert_close(out32.double(), reference, rtol=0, atol=1e-5)
 
 
-def test_training_norm_recomputation_matches_plain_autograd():
-    """In training the attention takes its LayerNorm (recomputed in
-    backward, with the token mean for the kernel predictor): same values
-    and gradients as norm-then-attention, for both projection layouts."""
-    from mmdet_l2vit.models.layers.inline_attention import _NormProjectMean
-    torch.manual_seed(0)
-    x = torch.randn(2, 4, 3, 6, dtype=torch.float64, requires_grad=True)
-    params = [torch.randn(6, dtype=torch.float64, requires_grad=True),
-              torch.randn(6, dtype=torch.float64, requires_grad=True), 1e-6,
-              torch.randn(9, 6, dtype=torch.float64, requires_grad=True),
-              torch.randn(9, dtype=torch.float64, requires_grad=True)]
-    assert torch.autograd.gradcheck(
-        lambda *a: _NormProjectMean.apply(a[0].reshape(2, 12, 6), *a[1:]),
-        [x] + params)
-    for layout, kernel_func in [('q_kv', 'identity'), ('qkv', 'exp')]:
-        torch.manual_seed(0)
-        attn = InLineAttention(32, 4, qkv_layout=layout,
-                               kernel_func=kernel_func)
-        norm = nn.LayerNorm(32)
-        for module in (attn, norm):
-            for param in module.parameters():
-                nn.init.normal_(param, std=0.3)
-        results = []
-        for fused in (True, False):
-            torch.manual_seed(1)
-            x = torch.randn(2, 5, 7, 32, requires_grad=True)
-            attn.zero_grad()
-            norm.zero_grad()
-            out = attn(x, norm=norm) if fused else attn(norm(x))
-            (out * torch.linspace(-1, 1, 32)).sum().backward()
-            results.append([out.detach(), x.grad] + [
-                p.grad.clone()
-                for p in list(attn.parameters()) + list(norm.parameters())
-            ])
-        for a, b in zip(*results):
-            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
-
-
 def test_constant_values_pass_through_global_term():
     """Rows of the implied weights sum to one (no eps): constant V comes out
     unchanged, whatever the queries and keys."""
@@ -195,45 +159,40 @@ def test_constant_values_pass_through_global_term():
 
 
 def test_reductions_stay_fp32_under_fp16_autocast(monkeypatch):
-    from mmdet_l2vit.models.layers import inline_attention
+    """K^T V over ~60k tokens exceeds the fp16 range (65504): the global
+    term runs in float32 while the projections run in half precision."""
     torch.manual_seed(0)
     attn = InLineAttention(16, 2, qkv_layout='q_kv').eval()
     x = torch.randn(1, 200, 304, 16) * 4
-    seen = []
-    plain_linear = inline_attention.linear
+    global_term_dtypes, projected = [], []
+    global_term = inline_attention.injective_global_term
 
-    def recording_linear(inputs, layer, **kwargs):
-        if layer is attn.proj:
-            seen.append(inputs.dtype)
-        return plain_linear(inputs, layer, **kwargs)
+    def recording_global_term(q, k, v, scale):
+        out = global_term(q, k, v, scale)
+        global_term_dtypes.append((q.dtype, k.dtype, v.dtype, out.dtype))
+        return out
 
-    monkeypatch.setattr(inline_attention, 'linear', recording_linear)
+    monkeypatch.setattr(inline_attention, 'injective_global_term',
+                        recording_global_term)
+    for layer in (attn.q, attn.kv, attn.proj):
+        layer.register_forward_hook(
+            lambda module, args, out: projected.append(out.dtype))
     with torch.no_grad():
         reference = attn(x)
         # K^T V summed over 60800 tokens exceeds the fp16 range
         kv = attn.kv(x).flatten(1, 2)
         assert (kv[..., :16].transpose(1, 2) @ kv[..., 16:]).abs().max() > \
             65504
+        projected.clear()
+        global_term_dtypes.clear()
         with torch.autocast('cpu', dtype=torch.float16):
             half = attn(x)
-    assert seen == [torch.float32, torch.float16]
+    assert projected == [torch.float16] * 3
+    assert global_term_dtypes == [(torch.float32, ) * 4]
+    assert half.dtype == torch.float16
     assert torch.isfinite(half).all()
     error = (half.float() - reference).norm() / reference.norm()
     assert error < 1e-2, error
-
-
-# ---------------------------------------------------------- dense behaviour
-@pytest.mark.parametrize('hw', [(33, 33), (97, 131), (800, 1216), (32, 45)])
-def test_output_shapes_follow_floor_rule(hw):
-    model = random_model()
-    with torch.no_grad():
-        outs = model(torch.randn(1, 3, *hw))
-    assert isinstance(outs, tuple) and len(outs) == 4
-    for out, dims, size in zip(outs, SMALL_ARCH['embed_dims'],
-                               floor_sizes(*hw)):
-        assert out.shape == (1, dims, *size)
-        assert out.is_contiguous()
-        assert torch.isfinite(out).all()
 
 
 def test_pos_embed_is_resized_from_each_stages_own_grid():
@@ -269,44 +228,7 @@ def test_pos_embed_is_resized_from_each_stages_own_grid():
                                                   (28, 28), (14, 14)]
 
 
-def test_inputs_below_stride_32_are_rejected():
-    model = random_model()
-    with pytest.raises(ValueError, match='at least 32x32'):
-        model(torch.randn(1, 3, 31, 64))
-
-
-@pytest.mark.parametrize('kernel_func, batch, hw', [
-    ('identity', 1, (97, 131)), ('identity', 2, (64, 96)),
-    ('exp', 2, (70, 64))])
-def test_chunked_inference_equals_autograd_path(small_chunks, kernel_func,
-                                                batch, hw):
-    """CPU inference runs each block token-chunked with fused epilogues;
-    it must equal the plain (autograd) evaluation."""
-    small_chunks(100)
-    model = random_model(kernel_func=kernel_func, out_norms=True)
-    x = torch.randn(batch, 3, *hw)
-    with torch.no_grad():
-        fast = model(x)
-    plain = model(x)  # grad enabled: the plain, differentiable path
-    for a, b in zip(fast, plain):
-        assert a.is_contiguous() and a.shape == b.shape
-        torch.testing.assert_close(a, b.detach(), rtol=0, atol=1e-5)
-
-
-def test_bf16_autocast_is_finite_and_close():
-    model = random_model()
-    x = torch.randn(1, 3, 256, 320)
-    with torch.no_grad():
-        reference = model(x)
-        with torch.autocast('cpu', dtype=torch.bfloat16):
-            low = model(x)
-    for ref, out in zip(reference, low):
-        assert torch.isfinite(out).all()
-        error = (out.float() - ref).norm() / ref.norm()
-        assert error < 0.05, error
-
-
-# ---------------------------------------------------------------- contract
+# ---------------------------------------------------------------- options
 def test_named_archs():
     for name, depths in [('tiny', [2, 2, 2, 2]), ('small', [3, 4, 6, 3]),
                          ('medium', [3, 4, 18, 3]), ('large', [3, 8, 27, 3])]:
@@ -338,72 +260,6 @@ def test_out_indices_and_optional_out_norms():
     torch.testing.assert_close(
         normed_outs[1],
         F.layer_norm(stage, (128, ), eps=1e-6).permute(0, 3, 1, 2))
-
-
-@pytest.mark.parametrize('frozen_stages', [0, 1, 4])
-def test_frozen_stages_include_position_embeddings(frozen_stages):
-    model = InLinePVT(arch=SMALL_ARCH, frozen_stages=frozen_stages,
-                      out_norms=True)
-    model.train()
-    frozen = ['patch_embed1.', 'pos_embed1']
-    for i in range(frozen_stages):
-        frozen += [f'block{i + 1}.', f'norm{i}.']
-        if i > 0:
-            frozen += [f'patch_embed{i + 1}.', f'pos_embed{i + 1}']
-    for name, param in model.named_parameters():
-        assert param.requires_grad != any(
-            name.startswith(p) for p in frozen), name
-    assert model.block1.training == (frozen_stages < 1)
-    assert not model.patch_embed1.training
-
-
-def test_inference_block_leaves_its_input_alone():
-    """A block called on its own returns a new tensor in inference too (the
-    backbone lets its blocks write over their input, nobody else does)."""
-    model = random_model()
-    block = model.block2[0]
-    x = torch.randn(2, 9, 11, block.norm1.normalized_shape[0])
-    before = x.clone()
-    with torch.no_grad():
-        out = block(x)
-    assert out.data_ptr() != x.data_ptr() and torch.equal(x, before)
-    torch.testing.assert_close(out, block(x).detach(), rtol=0, atol=1e-5)
-
-
-def test_compile_option_traces_the_whole_backbone():
-    """``compile`` wraps the backbone in torch.compile; ``fullgraph=True``
-    proves dynamo captures the (plain) path without graph breaks (the eager
-    backend keeps the test fast; inductor is exercised by
-    tools/benchmark.py --compile)."""
-    eager = random_model()
-    compiled = random_model(compile=dict(backend='eager', fullgraph=True))
-    x = torch.randn(2, 3, 77, 101)
-    with torch.no_grad():
-        for a, b in zip(eager(x), compiled(x)):
-            torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
-
-
-def test_drop_path_schedule_and_with_cp():
-    torch.manual_seed(0)
-    plain = InLinePVT(arch=R1_ARCH, drop_path_rate=0.3)
-    plain.init_weights()
-    blocks = [b for i in range(1, 5) for b in getattr(plain, f'block{i}')]
-    rates = [0. if isinstance(b.drop_path, nn.Identity) else
-             b.drop_path.drop_prob for b in blocks]
-    assert rates == pytest.approx(torch.linspace(0, 0.3, 8).tolist())
-    ckpt = InLinePVT(arch=R1_ARCH, drop_path_rate=0.3, with_cp=True)
-    ckpt.load_state_dict(plain.state_dict())
-    x = torch.randn(2, 3, 64, 64)
-    grads = []
-    for model in (plain, ckpt):
-        model.train()
-        torch.manual_seed(1)
-        outs = model(x)
-        sum(o.sum() * (i + 1) for i, o in enumerate(outs)).backward()
-        grads.append({n: p.grad for n, p in model.named_parameters()})
-    for name in grads[0]:
-        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-5,
-                                   atol=1e-6, msg=name)
 
 
 # ------------------------------------------------------ checkpoints, layouts
@@ -446,91 +302,8 @@ def test_pos_embed_of_another_grid_is_resized_at_conversion():
         expected.permute(0, 2, 3, 1).reshape(1, 784, 32))
 
 
-@pytest.mark.parametrize('arch, match', [
-    ('huge', 'unknown arch'),
-    (dict(embed_dims=[16, 32, 64, 128], depths=[2, 2, 2, 2],
-          num_heads=[1, 2, 4, 8]), 'malformed'),
-    (dict(R1_ARCH, embed_dims=[16, 32, 64]), 'must be 4 positive ints'),
-    (dict(R1_ARCH, num_heads=[3, 2, 4, 8]), 'not divisible'),
-    (dict(R1_ARCH, mlp_ratios=[8, 8, 0, 4]), 'mlp_ratios'),
-    (dict(R1_ARCH, attn_types='IIII'), 'unknown keys'),
-])
-def test_bad_arch_is_rejected(arch, match):
-    with pytest.raises(ValueError, match=match):
-        InLinePVT(arch=arch)
-
-
-def test_bad_options_are_rejected():
-    with pytest.raises(ValueError, match='kernel_func'):
-        InLinePVT(arch=SMALL_ARCH, kernel_func='softmax')
-    with pytest.raises(AssertionError):
+def test_bad_pretrain_img_size_is_rejected():
+    with pytest.raises(ValueError, match='pretrain_img_size'):
         InLinePVT(arch=SMALL_ARCH, pretrain_img_size=(224, 224, 224))
-    with pytest.raises(ValueError, match='out_indices'):
-        InLinePVT(arch=SMALL_ARCH, out_indices=(4, ))
-
-
-def test_pretrained_argument_rules():
-    with pytest.raises(TypeError, match='pretrained must be a str'):
-        InLinePVT(arch=SMALL_ARCH, pretrained=123)
-    with pytest.raises(AssertionError, match='cannot be set at the same'):
-        InLinePVT(arch=SMALL_ARCH, pretrained='a.pth',
-                  init_cfg=pretrained('a.pth'))
-    with pytest.warns(DeprecationWarning):
-        model = InLinePVT(arch=SMALL_ARCH, pretrained='a.pth')
-    assert model.init_cfg == dict(type='Pretrained', checkpoint='a.pth')
-
-
-def test_missing_truncated_and_corrupt_checkpoints(tmp_path, reference_file):
-    model = InLinePVT(arch=R1_ARCH, init_cfg=pretrained(tmp_path / 'no.pth'))
-    with pytest.raises(FileNotFoundError, match='checkpoint file not found'):
-        model.init_weights()
-    data = reference_file('inline_pvt_r1_cls.pth').read_bytes()
-    truncated = tmp_path / 'truncated.pth'
-    truncated.write_bytes(data[:len(data) // 3])
-    with pytest.raises(CheckpointError, match='truncated, corrupt'):
-        InLinePVT(arch=R1_ARCH, init_cfg=pretrained(truncated)).init_weights()
-    corrupt = tmp_path / 'corrupt.pth'
-    corrupt.write_bytes(b'\x00' * 1000)
-    with pytest.raises(CheckpointError, match='not a PyTorch checkpoint'):
-        InLinePVT(arch=R1_ARCH, init_cfg=pretrained(corrupt)).init_weights()
-
-
-@pytest.mark.parametrize('other, family', [
-    ('inline_swin_r1_cls.pth', 'InLineSwin'),
-    ('l2vit_r1_cls.pth', 'L2ViT'),
-])
-def test_checkpoint_of_another_model_is_refused(reference_file, other,
-                                                family):
-    model = InLinePVT(arch=R1_ARCH,
-                      init_cfg=pretrained(reference_file(other)))
-    with pytest.raises(CheckpointError,
-                       match=f'looks like a {family} model, not InLinePVT'):
-        model.init_weights()
-
-
-def test_other_size_of_inline_pvt_is_refused_naming_shapes(reference_file):
-    model = InLinePVT(arch='tiny', init_cfg=pretrained(
-        reference_file('inline_pvt_r1_cls.pth')))
-    with pytest.raises(CheckpointError, match='mis-shaped keys.*check `arch`'):
-        model.init_weights()
-
-
-def test_one_channel_image_is_rejected():
-    model = random_model()
-    with pytest.raises(ValueError, match=r'expects images of shape \(B, 3'):
-        model(torch.randn(1, 1, 64, 64))
-
-
-@pytest.mark.parametrize('scope', ['mmdet', 'mmseg'])
-def test_build_through_toolbox_registry(scope):
-    require_toolbox(f'{scope}.models')
-    from mmengine.registry import init_default_scope
-    init_default_scope(scope)
-    registry = __import__(f'{scope}.registry', fromlist=['MODELS']).MODELS
-    model = registry.build(
-        dict(type='InLinePVT', arch=SMALL_ARCH, out_indices=(1, 2, 3)))
-    assert type(model) is InLinePVT
-    with torch.no_grad():
-        outs = model.eval()(torch.randn(1, 3, 64, 96))
-    assert [o.shape[1] for o in outs] == [32, 64, 128]
-    assert math.prod(outs[0].shape[2:]) == 8 * 12
+    with pytest.raises(ValueError, match='smaller than 32'):
+        InLinePVT(arch=SMALL_ARCH, pretrain_img_size=16)

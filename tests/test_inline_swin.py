@@ -1,5 +1,7 @@
-"""InLine-Swin: official parity, shifted-window attention, dense behaviour,
-the backbone contract, checkpoints and bad inputs."""
+"""InLine-Swin specifics: official parity, shifted-window attention and its
+relative position bias, patch merging, global InLine blocks, attn_types and
+the official checkpoint layouts. The backbone contract shared with the
+other families is tested in test_backbone_contract.py."""
 import copy
 import json
 import math
@@ -10,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmdet_l2vit import InLineSwin
-from mmdet_l2vit.checkpoint import (CheckpointError, extract_state_dict,
+from mmdet_l2vit.checkpoint import (extract_state_dict,
                                     load_state_dict_strictly,
                                     read_checkpoint_file)
 from mmdet_l2vit.models.backbones.inline_swin import (PatchMerging,
@@ -20,7 +22,7 @@ from mmdet_l2vit.models.layers.swin_window_attention import (
     SwinWindowAttention, relative_position_index,
     resize_relative_position_bias_table)
 
-from conftest import require_toolbox
+from conftest import expected_engine_calls
 
 R1_ARCH = dict(embed_dims=16, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8],
                window_size=56, attn_types='IIIS', mlp_ratio=4.)
@@ -76,6 +78,24 @@ def test_stage_tokens_and_logits_match_official(r1):
     for stage, ref in zip(stages, expected['stage_tokens_224']):
         assert max_abs_diff(stage.permute(0, 3, 1, 2), ref) <= TOLERANCE
     assert max_abs_diff(logits, expected['logits_224']) <= TOLERANCE
+
+
+@pytest.mark.parametrize('inference', ['reference', 'auto'])
+def test_outputs_match_official_stages_through_identity_norms(
+        r1, inference, engine_calls):
+    """The output norms start at identity affines: each output is the
+    official stage map, layer-normalised; for the reference modules and the
+    default (the CPU inference engine where it applies)."""
+    model, _, expected = r1
+    model.inference = inference
+    with torch.no_grad():
+        outs = model(expected['input_224'])
+    assert len(engine_calls) == expected_engine_calls(inference)
+    refs = expected['stage_tokens_224']
+    assert len(outs) == len(refs) == 4
+    for out, ref in zip(outs, refs):
+        normed = F.layer_norm(ref.permute(0, 2, 3, 1), ref.shape[1:2])
+        assert max_abs_diff(out, normed.permute(0, 3, 1, 2)) <= TOLERANCE
 
 
 def test_checkpoint_report_and_values(r1, reference_file):
@@ -226,20 +246,6 @@ def test_patch_merging_pads_odd_maps_and_keeps_official_order():
                                F.layer_norm(full, (12, ))[0, 0, 0, :6])
 
 
-# ---------------------------------------------------------- dense behaviour
-@pytest.mark.parametrize('hw', [(33, 33), (97, 131), (800, 1216), (31, 20),
-                                (5, 3)])
-def test_output_shapes_follow_ceil_rule(hw):
-    model = random_model()
-    with torch.no_grad():
-        outs = model(torch.randn(1, 3, *hw))
-    assert isinstance(outs, tuple) and len(outs) == 4
-    for out, dims, size in zip(outs, [16, 32, 64, 128], ceil_sizes(*hw)):
-        assert out.shape == (1, dims, *size)
-        assert out.is_contiguous()
-        assert torch.isfinite(out).all()
-
-
 def test_inline_blocks_are_global_over_the_unpadded_map():
     model = random_model()
     block = model.layers[0].blocks[0]
@@ -269,39 +275,7 @@ def test_softmax_blocks_shift_by_the_official_rule():
     assert [tuple(o.shape[2:]) for o in outs] == ceil_sizes(300, 420)
 
 
-@pytest.mark.parametrize('kernel_func, batch, hw', [
-    ('identity', 1, (97, 131)), ('identity', 2, (64, 96)),
-    ('relu', 2, (300, 250))])
-def test_chunked_inference_equals_autograd_path(small_chunks, kernel_func,
-                                                batch, hw):
-    """CPU inference runs each block token-chunked with fused epilogues;
-    it must equal the plain (autograd) evaluation, with padded and shifted
-    softmax windows too."""
-    small_chunks(100)
-    model = random_model(kernel_func=kernel_func)
-    x = torch.randn(batch, 3, *hw)
-    with torch.no_grad():
-        fast = model(x)
-    plain = model(x)  # grad enabled: the plain, differentiable path
-    for a, b in zip(fast, plain):
-        assert a.is_contiguous() and a.shape == b.shape
-        torch.testing.assert_close(a, b.detach(), rtol=0, atol=1e-5)
-
-
-def test_bf16_autocast_is_finite_and_close():
-    model = random_model()
-    x = torch.randn(1, 3, 256, 320)
-    with torch.no_grad():
-        reference = model(x)
-        with torch.autocast('cpu', dtype=torch.bfloat16):
-            low = model(x)
-    for ref, out in zip(reference, low):
-        assert torch.isfinite(out).all()
-        error = (out.float() - ref).norm() / ref.norm()
-        assert error < 0.05, error
-
-
-# ---------------------------------------------------------------- contract
+# ------------------------------------------------------- attn_types, archs
 @pytest.mark.parametrize('attn_types, depths, expected', [
     ('IIIS', [2, 2, 6, 2], [['I'] * 2, ['I'] * 2, ['I'] * 6, ['S'] * 2]),
     ('IISS', [2, 2, 18, 2], [['I'] * 2, ['I'] * 2, ['S'] * 18, ['S'] * 2]),
@@ -331,81 +305,6 @@ def test_named_archs():
             for i, stage in enumerate(model.layers) for block in stage.blocks
         }
         assert head_dims == {32}
-
-
-def test_out_indices_build_only_those_norms():
-    model = random_model(out_indices=(1, 2, 3))
-    assert not hasattr(model, 'norm0') and hasattr(model, 'norm3')
-    with torch.no_grad():
-        outs = model(torch.randn(1, 3, 64, 96))
-    assert [tuple(o.shape) for o in outs] == [(1, 32, 8, 12), (1, 64, 4, 6),
-                                              (1, 128, 2, 3)]
-
-
-@pytest.mark.parametrize('frozen_stages', [0, 2, 4])
-def test_frozen_stages_stay_frozen_through_train(frozen_stages):
-    model = InLineSwin(arch=R1_ARCH, frozen_stages=frozen_stages)
-    model.train()
-    frozen, trainable = [model.patch_embed], []
-    for i in range(4):
-        group = [model.layers[i], getattr(model, f'norm{i}')]
-        (frozen if i < frozen_stages else trainable).extend(group)
-    for module in frozen:
-        assert not module.training
-        assert all(not p.requires_grad for p in module.parameters())
-    for module in trainable:
-        assert module.training
-        assert all(p.requires_grad for p in module.parameters())
-
-
-def test_inference_block_leaves_its_input_alone():
-    """A block called on its own returns a new tensor in inference too (the
-    backbone lets its blocks write over their input, nobody else does)."""
-    model = random_model()
-    block = model.layers[1].blocks[0]
-    x = torch.randn(2, 9, 11, block.norm1.normalized_shape[0])
-    before = x.clone()
-    with torch.no_grad():
-        out = block(x)
-    assert out.data_ptr() != x.data_ptr() and torch.equal(x, before)
-    torch.testing.assert_close(out, block(x).detach(), rtol=0, atol=1e-5)
-
-
-def test_compile_option_traces_the_whole_backbone():
-    """``compile`` wraps the backbone in torch.compile; ``fullgraph=True``
-    proves dynamo captures the (plain) path without graph breaks (the eager
-    backend keeps the test fast; inductor is exercised by
-    tools/benchmark.py --compile)."""
-    eager = random_model()
-    compiled = random_model(compile=dict(backend='eager', fullgraph=True))
-    x = torch.randn(2, 3, 77, 101)
-    with torch.no_grad():
-        for a, b in zip(eager(x), compiled(x)):
-            torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
-
-
-def test_drop_path_schedule_and_with_cp():
-    torch.manual_seed(0)
-    arch = dict(R1_ARCH, depths=[1, 1, 2, 2], attn_types='IISS')
-    plain = InLineSwin(arch=arch, drop_path_rate=0.3)
-    plain.init_weights()
-    blocks = [b for s in plain.layers for b in s.blocks]
-    rates = [0. if isinstance(b.drop_path, nn.Identity) else
-             b.drop_path.drop_prob for b in blocks]
-    assert rates == pytest.approx(torch.linspace(0, 0.3, 6).tolist())
-    ckpt = InLineSwin(arch=arch, drop_path_rate=0.3, with_cp=True)
-    ckpt.load_state_dict(plain.state_dict())
-    x = torch.randn(2, 3, 64, 80)
-    grads = []
-    for model in (plain, ckpt):
-        model.train()
-        torch.manual_seed(1)
-        outs = model(x)
-        sum(o.sum() * (i + 1) for i, o in enumerate(outs)).backward()
-        grads.append({n: p.grad for n, p in model.named_parameters()})
-    for name in grads[0]:
-        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-5,
-                                   atol=1e-6, msg=name)
 
 
 # ------------------------------------------------------ checkpoints, layouts
@@ -459,81 +358,3 @@ def test_other_softmax_window_resizes_checkpoint_tables(reference_file):
     assert [tuple(o.shape[2:]) for o in outs] == ceil_sizes(97, 131)
 
 
-@pytest.mark.parametrize('arch, match', [
-    ('large', 'unknown arch'),
-    (dict(embed_dims=16, depths=[2, 2, 2, 2]), 'malformed'),
-    (dict(R1_ARCH, embed_dims=[16, 32, 64, 128]), 'positive int'),
-    (dict(R1_ARCH, depths=[2, 2, 2]), 'must be 4 positive ints'),
-    (dict(R1_ARCH, num_heads=[3, 2, 4, 8]), 'not divisible'),
-    (dict(R1_ARCH, mlp_ratios=[4] * 4), 'unknown keys'),
-])
-def test_bad_arch_is_rejected(arch, match):
-    with pytest.raises(ValueError, match=match):
-        InLineSwin(arch=arch)
-
-
-def test_pretrained_argument_rules():
-    with pytest.raises(TypeError, match='pretrained must be a str'):
-        InLineSwin(arch=R1_ARCH, pretrained=123)
-    with pytest.raises(AssertionError, match='cannot be set at the same'):
-        InLineSwin(arch=R1_ARCH, pretrained='a.pth',
-                   init_cfg=pretrained('a.pth'))
-    with pytest.warns(DeprecationWarning):
-        model = InLineSwin(arch=R1_ARCH, pretrained='a.pth')
-    assert model.init_cfg == dict(type='Pretrained', checkpoint='a.pth')
-    with pytest.raises(ValueError, match='kernel_func'):
-        InLineSwin(arch=R1_ARCH, kernel_func='softmax')
-
-
-def test_missing_truncated_and_corrupt_checkpoints(tmp_path, reference_file):
-    model = InLineSwin(arch=R1_ARCH,
-                       init_cfg=pretrained(tmp_path / 'no.pth'))
-    with pytest.raises(FileNotFoundError, match='checkpoint file not found'):
-        model.init_weights()
-    data = reference_file('inline_swin_r1_cls.pth').read_bytes()
-    truncated = tmp_path / 'truncated.pth'
-    truncated.write_bytes(data[:len(data) - 100])
-    with pytest.raises(CheckpointError, match='truncated, corrupt'):
-        InLineSwin(arch=R1_ARCH,
-                   init_cfg=pretrained(truncated)).init_weights()
-
-
-def test_l2vit_checkpoint_is_refused_naming_the_mismatch(reference_file):
-    model = InLineSwin(arch=R1_ARCH, init_cfg=pretrained(
-        reference_file('l2vit_r1_cls.pth')))
-    with pytest.raises(CheckpointError) as info:
-        model.init_weights()
-    message = str(info.value)
-    assert 'looks like a L2ViT model, not InLineSwin' in message
-    assert 'missing keys [patch_embed.proj.weight' in message
-    assert 'unexpected keys [downsample_layers.0.proj.proj.0.weight' in \
-        message
-
-
-def test_inline_pvt_checkpoint_is_refused(reference_file):
-    model = InLineSwin(arch=R1_ARCH, init_cfg=pretrained(
-        reference_file('inline_pvt_r1_cls.pth')))
-    with pytest.raises(CheckpointError,
-                       match='looks like a InLinePVT model, not InLineSwin'):
-        model.init_weights()
-
-
-def test_one_channel_image_is_rejected():
-    model = random_model()
-    with pytest.raises(ValueError, match=r'expects images of shape \(B, 3'):
-        model(torch.randn(1, 1, 64, 64))
-
-
-@pytest.mark.parametrize('scope', ['mmdet', 'mmseg'])
-def test_build_through_toolbox_registry(scope):
-    require_toolbox(f'{scope}.models')
-    from mmengine.registry import init_default_scope
-    init_default_scope(scope)
-    registry = __import__(f'{scope}.registry', fromlist=['MODELS']).MODELS
-    model = registry.build(
-        dict(type='InLineSwin', arch=R1_ARCH, out_indices=(1, 2, 3)))
-    assert type(model) is InLineSwin
-    with torch.no_grad():
-        outs = model.eval()(torch.randn(1, 3, 64, 96))
-    assert [tuple(o.shape) for o in outs] == [(1, 32, 8, 12), (1, 64, 4, 6),
-                                              (1, 128, 2, 3)]

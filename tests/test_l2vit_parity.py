@@ -8,6 +8,8 @@ import torch.nn.functional as F
 from mmdet_l2vit import L2ViT
 from mmdet_l2vit.checkpoint import extract_state_dict, read_checkpoint_file
 
+from conftest import expected_engine_calls
+
 R1_ARCH = dict(embed_dims=[16, 32, 64, 128], depths=[2, 2, 2, 2],
                num_heads=[1, 2, 4, 8])
 TOLERANCE = 1e-5
@@ -37,22 +39,21 @@ def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a - b).abs().max().item()
 
 
-@pytest.mark.parametrize('grad, chunked', [(False, False), (False, True),
-                                           (True, False)],
-                         ids=['inference-fused', 'inference-small-chunks',
-                              'autograd'])
-def test_detection_features_match_official(small_chunks, expected,
-                                           checkpoint_path, grad, chunked):
-    """All code paths: fused oneDNN kernels with chunked/banded blocks (no
-    grad; once with the smallest chunks and bands, so every block runs in
-    several) and plain ops."""
-    if chunked:
-        small_chunks(16)
-    model = build_r1(checkpoint_path)
+@pytest.mark.parametrize('inference, grad', [('reference', False),
+                                             ('auto', False),
+                                             ('auto', True)],
+                         ids=['reference', 'auto', 'autograd'])
+def test_detection_features_match_official(expected, checkpoint_path,
+                                           engine_calls, inference, grad):
+    """Batch 2 at 97x131: the reference modules, the default (the CPU
+    inference engine where it applies) and the training path (autograd,
+    LayerNorm/GELU recomputation on)."""
+    model = build_r1(checkpoint_path, inference=inference)
     norms = expected['norms']
     model.load_state_dict(norms, strict=False)
     with torch.set_grad_enabled(grad):
         outs = model(expected['input'])
+    assert len(engine_calls) == expected_engine_calls(inference, grad)
     assert len(outs) == 4
     for out, ref in zip(outs, expected['features']):
         assert max_abs_diff(out.detach(), ref) <= TOLERANCE

@@ -341,7 +341,9 @@ class DenseBackbone(BaseModule):
         """
         raw = read_checkpoint_file(checkpoint, trust_pickle=trust_pickle)
         state_dict, source = extract_state_dict(raw, checkpoint_key)
-        if prefix:
+        # a detector file's backbone.* keys come unprefixed already
+        if prefix and not (prefix == 'backbone.'
+                           and source.endswith('(backbone.*)')):
             state_dict = {k[len(prefix):]: v for k, v in state_dict.items()
                           if k.startswith(prefix)}
         converted = self.convert_official_state_dict(state_dict)
