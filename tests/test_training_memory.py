@@ -104,6 +104,19 @@ def assert_same_step(a, b) -> None:
                                    atol=1e-6, msg=name)
 
 
+def hooked_and_plain_steps(model, monkeypatch, unpacked):
+    """One training step of ``model`` on a (2, 3, 61, 45) input with the
+    recompute hooks on, then off: ``({on: step}, {on: recipes unpacked})``."""
+    x = torch.randn(2, 3, 61, 45)
+    steps, recipes = {}, {}
+    for enabled in (True, False):
+        set_hooks(monkeypatch, enabled)
+        unpacked.reset()
+        steps[enabled] = training_step(model, x)
+        recipes[enabled] = unpacked.recipes
+    return steps, recipes
+
+
 # ------------------------------------------------------------ backbones
 @pytest.mark.parametrize('with_cp', [False, True], ids=['plain', 'with_cp'])
 @pytest.mark.parametrize('drop_path_rate', [0., .3], ids=['dp0', 'dp.3'])
@@ -116,18 +129,11 @@ def test_recomputed_gradients_equal_plain_autograd(name, drop_path_rate,
     model = cls(arch=arch, drop_path_rate=drop_path_rate, with_cp=with_cp)
     model.init_weights()
     perturbed(model).train()
-    x = torch.randn(2, 3, 61, 45)
-    steps = {}
-    for enabled in (True, False):
-        set_hooks(monkeypatch, enabled)
-        unpacked.reset()
-        steps[enabled] = training_step(model, x)
-        recipes = unpacked.recipes
-        if not enabled:
-            assert recipes == 0
-        elif not with_cp:
-            # every pre-norm and MLP of every block at least
-            assert recipes >= 2 * sum(arch['depths']), recipes
+    steps, recipes = hooked_and_plain_steps(model, monkeypatch, unpacked)
+    assert recipes[False] == 0
+    if not with_cp:
+        # every pre-norm and MLP of every block at least
+        assert recipes[True] >= 2 * sum(arch['depths']), recipes
     assert_same_step(steps[True], steps[False])
 
 
@@ -139,14 +145,9 @@ def test_recomputed_gradients_under_bf16_autocast(name, unpacked,
     model = cls(arch=arch, drop_path_rate=.2)
     model.init_weights()
     perturbed(model).train()
-    x = torch.randn(2, 3, 61, 45)
-    steps = {}
-    for enabled in (True, False):
-        set_hooks(monkeypatch, enabled)
-        unpacked.reset()
-        with torch.autocast('cpu', dtype=torch.bfloat16):
-            steps[enabled] = training_step(model, x)
-        assert (unpacked.recipes > 0) == enabled
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        steps, recipes = hooked_and_plain_steps(model, monkeypatch, unpacked)
+    assert recipes[True] > 0 and recipes[False] == 0
     assert_same_step(steps[True], steps[False])
 
 
