@@ -202,20 +202,23 @@ def _read_trusted(path: str) -> Any:
 
 
 def extract_state_dict(checkpoint: Any,
-                       key: Optional[str] = None
+                       key: Optional[str] = None,
+                       prefix: Optional[str] = None
                        ) -> Tuple[Dict[str, torch.Tensor], str]:
     """Pick the model state dict out of a checkpoint.
 
     The default order follows the official loaders: ``state_dict`` (mmengine
     and converted files), then ``model`` (official training files; also for
     ``*-best-ema`` files, whose reported accuracy is that of ``model``), then
-    the dict itself. A leading ``module.`` is stripped; when keys carry a
-    ``backbone.`` prefix (a full detector / segmentor file) only those keys
-    are kept, unprefixed.
+    the dict itself. A leading ``module.`` is stripped. Only the keys under
+    ``prefix`` are kept, unprefixed; without a ``prefix``, the keys under
+    ``backbone.`` when there are any (a full detector / segmentor file).
 
     Args:
         checkpoint (Any): What :func:`read_checkpoint_file` returned.
         key (str, optional): Take exactly this entry (e.g. ``'model_ema'``).
+        prefix (str, optional): Keep only the keys under this prefix,
+            stripped. Default: ``'backbone.'`` if any key has it.
 
     Returns:
         tuple[dict, str]: The state dict and a description of its source.
@@ -242,12 +245,14 @@ def extract_state_dict(checkpoint: Any,
     state_dict = dict(state_dict)
     if state_dict and all(k.startswith('module.') for k in state_dict):
         state_dict = {k[len('module.'):]: v for k, v in state_dict.items()}
-    if any(k.startswith('backbone.') for k in state_dict):
+    if prefix is None and any(k.startswith('backbone.') for k in state_dict):
+        prefix = 'backbone.'
+    if prefix:
         state_dict = {
-            k[len('backbone.'):]: v
-            for k, v in state_dict.items() if k.startswith('backbone.')
+            k[len(prefix):]: v
+            for k, v in state_dict.items() if k.startswith(prefix)
         }
-        source += ' (backbone.*)'
+        source += f' ({prefix}*)'
     return state_dict, source
 
 

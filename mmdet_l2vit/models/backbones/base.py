@@ -340,12 +340,8 @@ class DenseBackbone(BaseModule):
             ConvertedStateDict: What was kept, dropped and created.
         """
         raw = read_checkpoint_file(checkpoint, trust_pickle=trust_pickle)
-        state_dict, source = extract_state_dict(raw, checkpoint_key)
-        # a detector file's backbone.* keys come unprefixed already
-        if prefix and not (prefix == 'backbone.'
-                           and source.endswith('(backbone.*)')):
-            state_dict = {k[len(prefix):]: v for k, v in state_dict.items()
-                          if k.startswith(prefix)}
+        state_dict, source = extract_state_dict(
+            raw, checkpoint_key, prefix=prefix)
         converted = self.convert_official_state_dict(state_dict)
         load_state_dict_strictly(
             self, converted.state_dict, source=f"{checkpoint}['{source}']",
