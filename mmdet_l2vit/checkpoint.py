@@ -78,6 +78,21 @@ def official_safe_globals() -> Iterator[None]:
         yield
 
 
+def allow_official_checkpoints() -> None:
+    """Add :data:`OFFICIAL_SAFE_GLOBALS` to torch's weights-only allow-list
+    for the whole process (idempotent).
+
+    Called when the timm models are registered, so that timm's own loader
+    (``timm.create_model(..., checkpoint_path=PATH)``, which reads with
+    ``weights_only=True``) accepts official files: their ``args`` become an
+    ``argparse.Namespace`` and their ``config`` an ``OrderedDict`` (yacs
+    need not be installed; none of its code runs). Nothing else is allowed.
+    """
+    allowed = torch.serialization.get_safe_globals()
+    torch.serialization.add_safe_globals(
+        [g for g in OFFICIAL_SAFE_GLOBALS if g not in allowed])
+
+
 def read_checkpoint_file(path: str, trust_pickle: bool = False) -> Any:
     """Read a checkpoint file onto the CPU without running foreign code.
 

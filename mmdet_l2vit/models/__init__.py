@@ -1,4 +1,6 @@
-"""Models: the backbones, their layers and the CPU inference engine.
+"""Models: the backbones, their layers, the CPU inference engine, and the
+classification models (``classification/``: each family's backbone class
+with the official head in front, registered in timm).
 
 The reference modules are the model: every ``forward`` under ``layers/`` and
 ``backbones/`` is the plain computation of the official model (training,
@@ -30,3 +32,4 @@ Beside the model, and chosen in one place (``DenseBackbone.forward``):
   backbone turns it off.
 """
 from .backbones import *  # noqa: F401,F403
+from .classification import *  # noqa: F401,F403

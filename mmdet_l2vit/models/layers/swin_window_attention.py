@@ -99,10 +99,12 @@ def shifted_window_mask(height: int, width: int, window_size: int,
 def _adapt_loaded_table(module: 'SwinWindowAttention',
                         state_dict: Dict[str, Any], prefix: str,
                         *args: Any) -> None:
-    """Load pre-hook: drop a stored (derived) index and resize a table of
+    """Load pre-hook: drop a stored (derived) index, unless the module keeps
+    it in its state dict (the classification layout), and resize a table of
     another window size, so every load path accepts official and
     other-window state dicts."""
-    state_dict.pop(prefix + 'relative_position_index', None)
+    if not module.index_in_state_dict:
+        state_dict.pop(prefix + 'relative_position_index', None)
     key = prefix + 'relative_position_bias_table'
     table = state_dict.get(key)
     own = module.relative_position_bias_table
@@ -155,9 +157,18 @@ class SwinWindowAttention(nn.Module):
             'relative_position_index',
             relative_position_index(window_size),
             persistent=False)
+        self.index_in_state_dict = False
         self.qkv = nn.Linear(embed_dims, embed_dims * 3, bias=qkv_bias)
         self.proj = nn.Linear(embed_dims, embed_dims)
         self.register_load_state_dict_pre_hook(_adapt_loaded_table)
+
+    def keep_index_in_state_dict(self) -> None:
+        """Make ``relative_position_index`` a persistent buffer, as in the
+        official classification model's state dict (the backbones derive
+        it and leave it out)."""
+        self.register_buffer('relative_position_index',
+                             self.relative_position_index, persistent=True)
+        self.index_in_state_dict = True
 
     def effective_shift(self, height: int, width: int) -> int:
         """The shift used on an (unpadded) height x width map."""
