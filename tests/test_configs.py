@@ -72,7 +72,13 @@ def expected_configs() -> Dict[str, dict]:
 
 
 EXPECTED = expected_configs()
-DEMO_CONFIGS = ['maskrcnn_l2vit_demo', 'upernet_l2vit_demo']
+DEMO_CONFIGS = sorted(
+    f'{model}_{family}_demo{twin}'
+    for model, family in [('maskrcnn', 'l2vit'), ('maskrcnn', 'inline_pvt'),
+                          ('maskrcnn', 'inline_swin'), ('upernet', 'l2vit'),
+                          ('upernet', 'inline_swin'),
+                          ('semfpn', 'inline_pvt')]
+    for twin in ('', '_scratch'))
 
 
 def test_shipped_configs_are_exactly_the_expected_set():
@@ -218,8 +224,16 @@ def test_config_builds_model(stem):
         cfg.model.backbone.get('out_indices', (0, 1, 2, 3)))
     if stem in EXPECTED:
         assert list(backbone.embed_dims) == _stage_dims(stem)
-    else:  # the demo's reduced L2ViT
+    else:  # the demos' reduced backbones
         assert list(backbone.embed_dims) == [32, 64, 128, 256]
+        pretrained = cfg.model.backbone.init_cfg
+        if stem.endswith('_scratch'):
+            assert pretrained is None
+        else:  # the demo classifier of the family (tools/pretrain_demo.py)
+            name = stem.split('_', 1)[1][:-len('_demo')]
+            assert pretrained == dict(
+                type='Pretrained',
+                checkpoint=f'work_dirs/demo_pretrain/{name}_demo_cls.pth')
 
 
 # ---- one detector and one segmentor per family: a step and a predict -----

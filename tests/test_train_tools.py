@@ -18,7 +18,8 @@ import torch
 from conftest import require_toolbox
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO_CFG = ROOT / 'configs' / 'demo' / 'maskrcnn_l2vit_demo.py'
+DEMO_CFG = ROOT / 'configs' / 'demo' / 'maskrcnn_l2vit_demo_scratch.py'
+SEG_DEMO_CFG = ROOT / 'configs' / 'demo' / 'upernet_l2vit_demo_scratch.py'
 PYTHON = sys.executable
 
 
@@ -278,7 +279,7 @@ def test_label_map_out_of_range(tiny_data, tmp_path, capsys):
     cv2.imwrite(str(bad), label)
     cfg = tmp_path / 'seg.py'
     cfg.write_text(textwrap.dedent(f"""
-        _base_ = [{str(ROOT / 'configs/demo/upernet_l2vit_demo.py')!r}]
+        _base_ = [{str(SEG_DEMO_CFG)!r}]
         data_root = {str(ade / 'ADEChallengeData2016')!r}
         train_dataloader = dict(dataset=dict(data_root=data_root))
         val_dataloader = dict(dataset=dict(data_root=data_root))

@@ -35,6 +35,23 @@ CHECKPOINT_HINT = (
     '--cfg-options model.backbone.init_cfg=None.')
 
 
+#: Where the demo classifiers are written (``tools/pretrain_demo.py``).
+DEMO_PRETRAIN_DIR = 'work_dirs/demo_pretrain'
+
+
+def _demo_pretrain_hint(path: str) -> str:
+    """The command that writes a missing demo classifier, or ''."""
+    name = os.path.basename(path)
+    if (os.path.normpath(os.path.dirname(path)) !=
+            os.path.normpath(DEMO_PRETRAIN_DIR)
+            or not name.endswith('_cls.pth')):
+        return ''
+    return (f'{path} is a demo classifier: write it with `python '
+            f'tools/pretrain_demo.py --model {name[:-len("_cls.pth")]}` '
+            '(a few CPU minutes; `make demo` does this for l2vit_demo), or '
+            'train from scratch with the *_scratch.py twin config.')
+
+
 class ConfigError(ValueError):
     """A config, or a combination of command-line options and config, that
     cannot run (e.g. ``--auto-scale-lr`` without
@@ -96,10 +113,16 @@ def check_checkpoint_paths(cfg: Config, training: bool = True) -> None:
                        f'{load_from!r}')
     if not missing:
         return
-    hint = CHECKPOINT_HINT if any(
-        not m.startswith('load_from') for m in missing) else (
-            'Give the path of a checkpoint written by tools/train.py (e.g. '
-            'work_dirs/<config>/iter_N.pth or epoch_N.pth).')
+    if all(m.startswith('load_from') for m in missing):
+        hint = ('Give the path of a checkpoint written by tools/train.py '
+                '(e.g. work_dirs/<config>/iter_N.pth or epoch_N.pth).')
+    else:
+        demo_hints = [
+            _demo_pretrain_hint(path)
+            for _, path in iter_pretrained(cfg.get('model', {}))
+            if not os.path.isfile(path)
+        ]
+        hint = ' '.join(h for h in demo_hints if h) or CHECKPOINT_HINT
     raise CheckpointNotFoundError(
         'checkpoint file(s) not found:\n  ' + '\n  '.join(missing) + '\n' +
         hint)

@@ -1,0 +1,5 @@
+# The from-scratch twin of upernet_inline_swin_demo.py (same model, data and
+# schedule; backbone initialised from scratch).
+_base_ = './upernet_inline_swin_demo.py'
+
+model = dict(backbone=dict(init_cfg=None))
