@@ -3,7 +3,7 @@
 # configs) on the synthetic shapes data, fine-tuned from the demo classifier
 # `python tools/pretrain_demo.py --model inline_pvt_demo` writes (official
 # InLine layout). Data, heads and schedule: maskrcnn_l2vit_demo.py. The
-# position embeddings are stored for the 64 px pretraining crops and
+# position embeddings are stored for the 32 px pretraining crops and
 # interpolated to each image's grid. Its from-scratch twin:
 # maskrcnn_inline_pvt_demo_scratch.py.
 _base_ = './maskrcnn_l2vit_demo.py'
@@ -15,7 +15,7 @@ model = dict(
         type='InLinePVT',
         arch=dict(embed_dims=dims, depths=[2, 2, 2, 2],
                   num_heads=[1, 2, 4, 8], mlp_ratios=[8, 8, 4, 4]),
-        pretrain_img_size=64,
+        pretrain_img_size=32,
         drop_path_rate=0.0,
         out_indices=(0, 1, 2, 3),
         init_cfg=dict(

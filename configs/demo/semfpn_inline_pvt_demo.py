@@ -3,7 +3,7 @@
 # data in the ADE20K layout (data, schedule, runtime: _base_/seg_shapes.py),
 # fine-tuned from the demo classifier that
 # `python tools/pretrain_demo.py --model inline_pvt_demo` writes (official
-# InLine layout). The position embeddings are stored for the 64 px
+# InLine layout). The position embeddings are stored for the 32 px
 # pretraining crops and interpolated to each image's grid. Its from-scratch
 # twin: semfpn_inline_pvt_demo_scratch.py.
 _base_ = ['../_base_/models/semfpn_inline_pvt.py', './_base_/seg_shapes.py']
@@ -17,7 +17,7 @@ model = dict(
     backbone=dict(
         arch=dict(_delete_=True, embed_dims=dims, depths=[2, 2, 2, 2],
                   num_heads=[1, 2, 4, 8], mlp_ratios=[8, 8, 4, 4]),
-        pretrain_img_size=64,
+        pretrain_img_size=32,
         drop_path_rate=0.0,
         init_cfg=dict(
             type='Pretrained',

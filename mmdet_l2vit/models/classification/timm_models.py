@@ -53,7 +53,7 @@ DEMO_ARCHS: Dict[str, Dict[str, Any]] = {
                              num_heads=[1, 2, 4, 8], attn_types='IIIS'),
 }
 #: Image size of the demo classification crops.
-DEMO_IMG_SIZE = 64
+DEMO_IMG_SIZE = 32
 #: The pretrained-cfg keys that name a weight source.
 _SOURCES = ('file', 'url', 'hf_hub_id')
 
@@ -144,7 +144,7 @@ def l2vit_base_384(pretrained: bool = False, **kwargs: Any) -> nn.Module:
 
 @register_model
 def l2vit_demo(pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """Reduced L²ViT of the demo (5 shape classes, 64 px crops)."""
+    """Reduced L²ViT of the demo (5 shape classes, 32 px crops)."""
     kwargs.setdefault('num_classes', 5)
     return _create('l2vit_demo', L2ViTClassifier, DEMO_ARCHS['l2vit_demo'],
                    pretrained, **kwargs)
@@ -180,7 +180,7 @@ def inline_pvt_large(pretrained: bool = False, **kwargs: Any) -> nn.Module:
 
 @register_model
 def inline_pvt_demo(pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """Reduced InLine-PVT of the demo (5 shape classes, 64 px crops)."""
+    """Reduced InLine-PVT of the demo (5 shape classes, 32 px crops)."""
     kwargs.setdefault('num_classes', 5)
     kwargs.setdefault('img_size', DEMO_IMG_SIZE)
     return _create('inline_pvt_demo', InLinePVTClassifier,
@@ -210,7 +210,7 @@ def inline_swin_base(pretrained: bool = False, **kwargs: Any) -> nn.Module:
 
 @register_model
 def inline_swin_demo(pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """Reduced InLine-Swin of the demo (5 shape classes, 64 px crops)."""
+    """Reduced InLine-Swin of the demo (5 shape classes, 32 px crops)."""
     kwargs.setdefault('num_classes', 5)
     kwargs.setdefault('img_size', DEMO_IMG_SIZE)
     return _create('inline_swin_demo', InLineSwinClassifier,
