@@ -33,12 +33,14 @@ def main() -> int:
     parser.add_argument('--model', required=True, choices=MODELS)
     parser.add_argument('--out', help='checkpoint path (default: '
                         'work_dirs/demo_pretrain/MODEL_cls.pth)')
-    parser.add_argument('--iters', type=int, default=PretrainSettings.iters)
+    parser.add_argument('--iters', type=int, default=PretrainSettings.iters,
+                        help='default: the family\'s (FAMILY_DEFAULTS)')
     parser.add_argument('--batch-size', type=int,
                         default=PretrainSettings.batch_size)
     parser.add_argument('--crop-size', type=int,
                         default=PretrainSettings.crop_size)
-    parser.add_argument('--lr', type=float, default=PretrainSettings.lr)
+    parser.add_argument('--lr', type=float, default=PretrainSettings.lr,
+                        help='default: the family\'s (FAMILY_DEFAULTS)')
     parser.add_argument('--seed', type=int, default=PretrainSettings.seed)
     parser.add_argument('--threads', type=int, default=2,
                         help='torch compute threads (the crops are in '

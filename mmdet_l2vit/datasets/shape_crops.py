@@ -8,10 +8,12 @@ fills most of the window and other shapes cover at most
 ``1 - min_purity`` of the shape pixels in it. The label is the instance's
 class (:data:`SHAPE_CLASSES` order).
 
-Crop ``i`` of a split is a pure function of ``(seed, stream, i)``, as in
+Scene ``j`` of a split is rendered from ``(seed, stream, j)`` as in
 :mod:`.demo_data`, whose detection scenes use streams 1 (train) and 2 (val);
 the crops use their own streams (:data:`CROP_STREAMS`), so held-out crops
 never share a scene with the training crops or with the detection data.
+The classes are balanced (crop ``k`` has label ``k % 5``) and the first
+``n`` crops of a split do not depend on how many are asked for.
 
 Crops are RGB, the order the detection models see after their data
 preprocessor (mmdet reads the BGR JPEGs and ``bgr_to_rgb=True``), and
