@@ -182,3 +182,21 @@ def test_args_that_cannot_be_unpickled_safely_are_refused(
     assert 'trust_pickle=True' in message
     assert 'tools/convert_checkpoint.py' in message
     assert 'weights_only=False' not in message
+
+
+def test_missing_demo_classifier_names_the_command(tmp_path, monkeypatch):
+    """A demo config whose classifier was not pretrained yet stops before
+    anything is built, with the command that writes it."""
+    from mmdet_l2vit.engine.preflight import (CheckpointNotFoundError,
+                                              check_checkpoint_paths)
+    monkeypatch.chdir(tmp_path)  # no work_dirs/demo_pretrain here
+    cfg = Config.fromfile(
+        str(ROOT / 'configs' / 'demo' / 'upernet_inline_swin_demo.py'))
+    with pytest.raises(CheckpointNotFoundError) as info:
+        check_checkpoint_paths(cfg)
+    message = str(info.value)
+    assert 'work_dirs/demo_pretrain/inline_swin_demo_cls.pth' in message
+    assert 'tools/pretrain_demo.py --model inline_swin_demo' in message
+    scratch = Config.fromfile(
+        str(ROOT / 'configs' / 'demo' / 'upernet_inline_swin_demo_scratch.py'))
+    check_checkpoint_paths(scratch)  # nothing to read
