@@ -164,6 +164,7 @@ def test_resume_after_kill_continues_like_an_uninterrupted_run(
     killed = _write_cfg(
         tmp_path / 'killed.py', tiny_data, """
         custom_imports = dict(imports=['mmdet_l2vit', 'mmdet_l2vit.datasets',
+                                       'mmdet_l2vit.visualization',
                                        'kill_hook'])
         custom_hooks = [dict(type='RNGStateHook'),
                         dict(type='StepRecordHook'),
@@ -303,7 +304,8 @@ def test_label_map_out_of_range(tiny_data, tmp_path, capsys):
 def test_missing_checkpoints(tiny_data, tmp_path, capsys):
     cfg = _write_cfg(tmp_path / 'cfg.py', tiny_data, """
         model = dict(backbone=dict(init_cfg=dict(
-            type='Pretrained', checkpoint='checkpoints/nope.pth')))
+            _delete_=True, type='Pretrained',
+            checkpoint='checkpoints/nope.pth')))
         """)
     err = _train_error([str(cfg)], capsys)
     assert 'checkpoints/nope.pth' in err and 'README' in err

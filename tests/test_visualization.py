@@ -76,7 +76,8 @@ def det_visualizer(name: str):
     require_toolbox('mmdet.visualization')
     from mmdet.registry import VISUALIZERS
     visualizer = VISUALIZERS.build(
-        dict(type='UpscaledDetLocalVisualizer', name=name, scale=SCALE))
+        dict(type='UpscaledDetLocalVisualizer', _scope_='mmdet', name=name,
+             scale=SCALE))
     visualizer.dataset_meta = dict(classes=('thing', ), palette=[RED])
     return visualizer
 
@@ -165,7 +166,8 @@ def test_seg_visualizer_paints_gt_beside_prediction_at_3x(tmp_path):
 
     # saved through a LocalVisBackend, as SegVisualizationHook saves them
     visualizer = VISUALIZERS.build(
-        dict(type='UpscaledSegLocalVisualizer', name='test_upscaled_seg',
+        dict(type='UpscaledSegLocalVisualizer', _scope_='mmseg',
+             name='test_upscaled_seg',
              scale=SCALE, vis_backends=[dict(type='LocalVisBackend')],
              save_dir=str(tmp_path)))
     assert type(visualizer).__name__ == 'UpscaledSegLocalVisualizer'

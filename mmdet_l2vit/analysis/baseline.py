@@ -7,7 +7,7 @@ measured under the same machine conditions as what it replaces. The other
 checkout's package is copied to a temporary directory under the name
 ``mmdet_l2vit_baseline`` and imported with its registry decorator made a
 no-op (its classes keep their names but are not registered) and without its
-``engine`` (nothing of mmengine is changed).
+``engine`` (nothing of mmengine is changed) or its timm models.
 """
 import importlib
 import os.path as osp
@@ -58,5 +58,9 @@ def load_baseline_backbones(checkout: str) -> ModuleType:
         f.write(_NO_REGISTRY)
     with open(osp.join(target, '__init__.py'), 'w') as f:
         f.write(f'__baseline_checkout__ = {checkout!r}\n')
+    classification = osp.join(target, 'models', 'classification')
+    if osp.isdir(classification):  # its timm entries would replace ours
+        with open(osp.join(classification, '__init__.py'), 'w') as f:
+            f.write('"""Not imported in a baseline copy."""\n')
     sys.path.insert(0, root)
     return importlib.import_module(f'{BASELINE_PACKAGE}.models.backbones')
