@@ -6,8 +6,9 @@ PYTHON := .venv/bin/python
 install:
 	bash tools/install.sh
 
-# The main job: generate the synthetic data if missing, train the demo Mask R-CNN
-# (reduced L2ViT) on the CPU, test it (box/mask AP) and paint its predictions.
+# The main job: generate the synthetic data and pretrain the demo classifier
+# (reduced L2ViT, official checkpoint layout) if missing, fine-tune the demo
+# Mask R-CNN from it on the CPU, test it (box/mask AP), paint its predictions.
 demo: install
 	$(PYTHON) tools/demo.py
 
