@@ -17,6 +17,7 @@ from typing import List, Optional, Tuple, Union
 
 import torch
 from mmengine.logging import print_log
+from timm.models._features import feature_take_indices
 from torch import nn
 
 from ...checkpoint import (extract_state_dict, load_state_dict_strictly,
@@ -124,7 +125,6 @@ class ClassifierMixin:
             list[Tensor] | tuple[Tensor, list[Tensor]]: The maps, or the
             last stage's map (``forward_features``) and the maps.
         """
-        from timm.models._features import feature_take_indices
         if norm:
             raise ValueError(f'{type(self).__name__}: norm=True is not '
                              'supported; the stage maps have no norms.')
@@ -150,7 +150,6 @@ class ClassifierMixin:
                                   prune_head: bool = True) -> List[int]:
         """Keep what ``features_only`` needs: the stages of ``indices`` as
         this model's ``out_indices``, and no classifier (``prune_head``)."""
-        from timm.models._features import feature_take_indices
         take, _ = feature_take_indices(self.num_stages, indices)
         self.out_indices = tuple(take)
         if prune_head:
