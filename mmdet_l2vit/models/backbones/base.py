@@ -2,13 +2,14 @@
 
 Subclasses build their modules and implement the hooks ``stage_input``,
 ``stage`` (the stage loop), ``_init_from_scratch``,
-``convert_official_state_dict`` and ``_stage_modules``. This base class then
-provides the input check, ``forward`` (the stage loop, output norms, NCHW
-outputs, and the one choice between the reference modules and the CPU
-inference engine), the deprecated ``pretrained`` argument,
-``init_cfg=dict(type='Pretrained', ...)`` loading of official checkpoints
-(safe reading, conversion, strict key checks, a logged report), output-norm
-keys in conversion, ``frozen_stages``, ``norm_eval`` and ``with_cp``.
+``convert_official_state_dict``, ``_stage_modules`` and
+``stage_input_modules``. This base class then provides the input check,
+``forward`` (the stage loop, output norms, NCHW outputs, and the one choice
+between the reference modules and the CPU inference engine), the deprecated
+``pretrained`` argument, ``init_cfg=dict(type='Pretrained', ...)`` loading of
+official checkpoints (safe reading, conversion, strict key checks, a logged
+report), output-norm keys in conversion, ``frozen_stages``, ``norm_eval``,
+``with_cp`` and ``get_layer_depth`` (layer-wise learning-rate decay).
 """
 import logging
 import warnings
@@ -22,8 +23,9 @@ from mmengine.model import BaseModule
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ...checkpoint import (ConvertedStateDict, extract_state_dict,
-                           load_state_dict_strictly, read_checkpoint_file)
+from ...checkpoint import (CheckpointError, ConvertedStateDict,
+                           extract_state_dict, load_state_dict_strictly,
+                           read_checkpoint_file)
 from ..cpu_inference import cpu_inference_applies, run_cpu_inference
 from ..layers.common import BlockStack, channels_last_to_nchw
 from ..layers.memory import recompute_norms_and_gelus, saves_memory_here
@@ -36,6 +38,9 @@ _COMPILED: 'weakref.WeakKeyDictionary[nn.Module, Any]' = \
 #: Keys a ``Pretrained`` init_cfg may carry.
 PRETRAINED_KEYS = {'type', 'checkpoint', 'checkpoint_key', 'prefix',
                    'map_location', 'trust_pickle'}
+
+#: The ways ``get_layer_depth`` groups the parameters into layers.
+DECAY_TYPES = ('layer_wise', 'stage_wise')
 
 
 def resolve_arch(arch: Union[str, Dict[str, Any]], arch_zoo: Dict[str, Dict],
@@ -122,6 +127,12 @@ class DenseBackbone(BaseModule):
     min_input_size = 1
     #: Key suffixes whose tensors a load pre-hook resizes to this model.
     resized_on_load: Tuple[str, ...] = ()
+    #: The family's ablation switches (constructor arguments stored as
+    #: attributes of the same name) at their official values.
+    official_switches: Dict[str, Any] = {}
+    #: Consecutive blocks of a stage that share one layer id in layer-wise
+    #: learning-rate decay (``get_layer_depth``).
+    blocks_per_layer_id = 1
 
     def __init__(self,
                  out_indices: Sequence[int] = (0, 1, 2, 3),
@@ -235,6 +246,65 @@ class DenseBackbone(BaseModule):
         stage ``i`` (including its output norm, if any)."""
         raise NotImplementedError
 
+    def stage_input_modules(
+            self, stage: int) -> List[Union[nn.Module, nn.Parameter]]:
+        """What ``stage_input(stage)`` applies (modules, or parameters of
+        the backbone itself): the stem for stage 0, the downsampling (and
+        position embedding) into stage ``stage`` after."""
+        raise NotImplementedError
+
+    @classmethod
+    def switches_of_state_dict(
+            cls, state_dict: Dict[str, torch.Tensor]) -> Dict[str, Any]:
+        """The ablation switches that a state dict of this layout shows by
+        its keys and shapes (those that change no parameter are absent)."""
+        return {}
+
+    # ------------------------------------------------------ ablation switches
+    def ablation_switches(self) -> Dict[str, Any]:
+        """This backbone's value of every ablation switch."""
+        return {name: getattr(self, name) for name in self.official_switches}
+
+    def has_official_switches(self) -> bool:
+        """Whether every ablation switch is at its official value (the CPU
+        inference engine computes only these exactly)."""
+        return all(
+            getattr(self, name) == value
+            for name, value in self.official_switches.items())
+
+    def with_switch_hint(self, error: CheckpointError,
+                         state_dict: Dict[str, torch.Tensor]
+                         ) -> CheckpointError:
+        """``error`` (a state dict that does not fit), with the ablation
+        switches to set appended where the state dict's keys show other
+        switches than this backbone's.
+
+        Args:
+            error (CheckpointError): The strict loader's report.
+            state_dict (dict): The state dict, in this backbone's layout.
+
+        Returns:
+            CheckpointError: ``error`` itself, or a new one naming each
+            switch, the checkpoint's value and this backbone's.
+        """
+        shown = self.switches_of_state_dict(state_dict)
+        own = self.switches_of_state_dict(self.state_dict())
+        differ = {
+            name: (value, own[name])
+            for name, value in shown.items()
+            if name in own and own[name] != value
+        }
+        if not differ:
+            return error
+        settings = ', '.join(f'{name}={value!r}'
+                             for name, (value, _) in differ.items())
+        details = '; '.join(f'{name}: checkpoint {value!r}, backbone {mine!r}'
+                            for name, (value, mine) in differ.items())
+        return CheckpointError(
+            f'{error} Its keys show other ablation switches of '
+            f'{type(self).__name__} ({details}): build the backbone with '
+            f'{settings} to load it.')
+
     # --------------------------------------------------------------- forward
     def _check_input(self, x: torch.Tensor) -> None:
         name, channels = type(self).__name__, self.in_channels
@@ -343,11 +413,15 @@ class DenseBackbone(BaseModule):
         state_dict, source = extract_state_dict(
             raw, checkpoint_key, prefix=prefix)
         converted = self.convert_official_state_dict(state_dict)
-        load_state_dict_strictly(
-            self, converted.state_dict, source=f"{checkpoint}['{source}']",
-            expected_family=self.family,
-            allowed_unexpected=self.optional_keys(),
-            resized_on_load=self.resized_on_load)
+        try:
+            load_state_dict_strictly(
+                self, converted.state_dict,
+                source=f"{checkpoint}['{source}']",
+                expected_family=self.family,
+                allowed_unexpected=self.optional_keys(),
+                resized_on_load=self.resized_on_load)
+        except CheckpointError as error:
+            raise self.with_switch_hint(error, converted.state_dict) from None
         print_log(
             f'{type(self).__name__}: checkpoint {checkpoint} [{source}]: '
             f'{len(converted.kept)} kept, dropped {converted.dropped}, '
@@ -394,3 +468,102 @@ class DenseBackbone(BaseModule):
                 if isinstance(module, _BatchNorm):
                     module.eval()
         return self
+
+    # --------------------------------------------- layer-wise lr decay
+    def stage_blocks(self, stage: int) -> BlockStack:
+        """The blocks of stage ``stage``: the :class:`BlockStack` that
+        ``stage(stage)`` is or holds."""
+        return next(module for module in self.stage(stage).modules()
+                    if isinstance(module, BlockStack))
+
+    def get_layer_depth(self,
+                        param_name: str,
+                        prefix: str = 'backbone.',
+                        decay_type: str = 'layer_wise') -> Tuple[int, int]:
+        """The layer id of a parameter, for layer-wise learning-rate decay
+        (the mmpretrain API).
+
+        Ids run from the input to the output: the stem is 0; stage ``s``'s
+        blocks follow, ``blocks_per_layer_id`` consecutive blocks to an id
+        (``'layer_wise'``) or the whole stage as id ``s + 1``
+        (``'stage_wise'``); the downsampling into a stage (and InLine-PVT's
+        position embedding of the stage) shares the id of the stage's first
+        block; the output norms ``norm{i}`` and every parameter outside the
+        backbone (neck, heads) get the last id, ``num_layers - 1``.
+
+        With L²ViT (``blocks_per_layer_id = 3``) the layer-wise ids are the
+        ConvNeXt map of the official code with ``num_layers`` at its smallest
+        valid value (5 for 2-2-6-2, 9 for 2-2-18-2): ``downsample_layers.0``
+        0, ``stages.0`` 1, ``downsample_layers.1`` and ``stages.1`` 2,
+        ``downsample_layers.2`` 3, ``stages.2.<b>`` ``3 + b // 3``,
+        ``downsample_layers.3`` and ``stages.3`` the next id, everything else
+        the last. The InLine models give every block its own id (Swin:
+        ``num_layers = sum(depths) + 2``, as mmpretrain's Swin).
+
+        Args:
+            param_name (str): Parameter name, e.g.
+                ``'backbone.stages.2.4.attn.qkv.weight'`` (or a neck/head
+                name).
+            prefix (str): Prefix of the backbone's parameters in
+                ``param_name``; names outside it are the neck/head.
+                Default: 'backbone.'.
+            decay_type (str): ``'layer_wise'`` or ``'stage_wise'``.
+                Default: 'layer_wise'.
+
+        Returns:
+            tuple[int, int]: ``(layer_id, num_layers)``: the stem is 0, the
+            neck and heads ``num_layers - 1``.
+        """
+        ids, num_layers = self._layer_ids(decay_type)
+        if not param_name.startswith(prefix):
+            return num_layers - 1, num_layers
+        name = param_name[len(prefix):]
+        if name not in ids:
+            raise ValueError(f'{type(self).__name__}.get_layer_depth: '
+                             f'{param_name!r} is not a parameter of the '
+                             f'backbone (prefix {prefix!r}).')
+        return ids[name], num_layers
+
+    def _layer_ids(self, decay_type: str) -> Tuple[Dict[str, int], int]:
+        """Parameter name -> layer id, and the number of layer ids (the
+        backbone's ids plus one for the neck and heads); computed once per
+        ``decay_type``."""
+        if decay_type not in DECAY_TYPES:
+            raise ValueError(f'{type(self).__name__}: decay_type must be one '
+                             f'of {DECAY_TYPES}, got {decay_type!r}.')
+        cache = self.__dict__.setdefault('_layer_ids_cache', {})
+        if decay_type not in cache:
+            by_param, head_id = self._layer_ids_by_param(decay_type)
+            ids = {
+                name: by_param.get(id(param), head_id)
+                for name, param in self.named_parameters()
+            }
+            cache[decay_type] = (ids, head_id + 1)
+        return cache[decay_type]
+
+    def _layer_ids_by_param(self,
+                            decay_type: str) -> Tuple[Dict[int, int], int]:
+        """``id(parameter)`` -> layer id for the stem, the blocks and the
+        downsampling layers, and the id left for everything else."""
+        by_param: Dict[int, int] = {}
+
+        def assign(parts: Sequence[Union[nn.Module, nn.Parameter]],
+                   layer_id: int) -> None:
+            for part in parts:
+                params = [part] if isinstance(part, nn.Parameter) \
+                    else part.parameters()
+                for param in params:
+                    by_param.setdefault(id(param), layer_id)
+
+        assign(self.stage_input_modules(0), 0)
+        next_id = 1
+        for stage in range(self.num_stages):
+            blocks = self.stage_blocks(stage)
+            per_id = len(blocks) if decay_type == 'stage_wise' \
+                else self.blocks_per_layer_id
+            if stage > 0:
+                assign(self.stage_input_modules(stage), next_id)
+            for j, block in enumerate(blocks):
+                assign([block], next_id + j // per_id)
+            next_id += -(-len(blocks) // per_id)  # ceil division
+        return by_param, next_id

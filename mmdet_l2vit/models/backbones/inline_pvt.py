@@ -13,7 +13,8 @@ from mmengine.utils import to_2tuple
 from ...checkpoint import ConvertedStateDict, match_any
 from ...registry import register_into_toolboxes
 from ..layers.common import BlockStack, Mlp, build_drop_path, drop_path_rates
-from ..layers.inline_attention import KERNEL_FUNCS, InLineAttention
+from ..layers.inline_attention import (KERNEL_FUNCS, InLineAttention,
+                                       local_residual_shown)
 from .base import DenseBackbone, check_stage_lists, resolve_arch
 
 
@@ -53,14 +54,19 @@ class InLinePVTBlock(nn.Module):
         mlp_ratio (float): MLP hidden ratio.
         drop_path (float): Stochastic depth rate.
         kernel_func (str): InLine kernel map. Default: 'identity'.
+        injective (bool): Injective normalisation. Default: True.
+        local_residual (bool): The dynamic local residual. Default: True.
     """
 
     def __init__(self, embed_dims: int, num_heads: int, mlp_ratio: float,
-                 drop_path: float, kernel_func: str = 'identity') -> None:
+                 drop_path: float, kernel_func: str = 'identity',
+                 injective: bool = True, local_residual: bool = True) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(embed_dims, eps=1e-6)
         self.attn = InLineAttention(embed_dims, num_heads, qkv_layout='q_kv',
-                                    kernel_func=kernel_func)
+                                    kernel_func=kernel_func,
+                                    injective=injective,
+                                    local_residual=local_residual)
         self.drop_path = build_drop_path(drop_path)
         self.norm2 = nn.LayerNorm(embed_dims, eps=1e-6)
         self.mlp = Mlp(embed_dims, int(embed_dims * mlp_ratio))
@@ -103,8 +109,16 @@ class InLinePVT(DenseBackbone):
             embeddings are stored for (224 in the official checkpoints).
             Default: 224.
         drop_path_rate (float): Stochastic depth rate. Default: 0.1.
-        kernel_func (str): InLine kernel map of q and k (``'identity'``,
-            ``'relu'``, ``'leakyrelu'``, ``'exp'``). Default: 'identity'.
+        kernel_func (str): Ablation switch: InLine kernel map of q and k
+            (``'identity'``, official; ``'relu'``, ``'leakyrelu'``,
+            ``'exp'``). Default: 'identity'.
+        injective (bool): Ablation switch: injective normalisation
+            (official); ``False`` is ordinary division-normalised linear
+            attention (pair it with a non-negative ``kernel_func``).
+            Default: True.
+        local_residual (bool): Ablation switch: the dynamic local residual
+            (official); ``False`` removes it and its ``attn.residual``
+            parameters. Default: True.
         out_norms (bool): Add LayerNorms ``norm{i}`` (eps 1e-6) on the
             outputs; they are new parameters. Default: False.
         out_indices, frozen_stages, norm_eval, with_cp, pretrained,
@@ -134,6 +148,8 @@ class InLinePVT(DenseBackbone):
     #: Patch size of each stage's embedding.
     patch_sizes = (4, 2, 2, 2)
     min_input_size = 32
+    official_switches: Dict[str, Any] = dict(injective=True,
+                                             local_residual=True)
 
     def __init__(self,
                  arch: Union[str, Dict[str, Any]] = 'tiny',
@@ -141,6 +157,8 @@ class InLinePVT(DenseBackbone):
                  pretrain_img_size: Union[int, Sequence[int]] = 224,
                  drop_path_rate: float = 0.1,
                  kernel_func: str = 'identity',
+                 injective: bool = True,
+                 local_residual: bool = True,
                  out_norms: bool = False,
                  out_indices: Sequence[int] = (0, 1, 2, 3),
                  frozen_stages: int = -1,
@@ -164,6 +182,9 @@ class InLinePVT(DenseBackbone):
         mlp_ratios = list(self.arch_settings['mlp_ratios'])
         self.in_channels = in_channels
         self.out_norms = out_norms
+        self.kernel_func = kernel_func
+        self.injective = injective
+        self.local_residual = local_residual
 
         # Stored position-embedding grid of each stage (56, 28, 14, 7 at 224).
         grid = to_2tuple(pretrain_img_size)
@@ -194,7 +215,8 @@ class InLinePVT(DenseBackbone):
                 f'block{i + 1}',
                 BlockStack([
                     InLinePVTBlock(dims[i], heads[i], mlp_ratios[i],
-                                   rates[first + j], kernel_func)
+                                   rates[first + j], kernel_func, injective,
+                                   local_residual)
                     for j in range(depths[i])
                 ]))
         if out_norms:
@@ -248,6 +270,11 @@ class InLinePVT(DenseBackbone):
 
     def stage(self, stage: int) -> nn.Module:
         return getattr(self, f'block{stage + 1}')
+
+    def stage_input_modules(
+            self, stage: int) -> List[Union[nn.Module, nn.Parameter]]:
+        return [getattr(self, f'patch_embed{stage + 1}'),
+                getattr(self, f'pos_embed{stage + 1}')]
 
     # ----------------------------------------------------------- init / load
     def _init_from_scratch(self) -> None:
@@ -329,6 +356,17 @@ class InLinePVT(DenseBackbone):
                     mlp_ratios=ratios)
 
     # -------------------------------------------------------------- training
+    @classmethod
+    def switches_of_state_dict(
+            cls, state_dict: Dict[str, torch.Tensor]) -> Dict[str, Any]:
+        """``local_residual`` as the keys show it (``injective`` changes no
+        parameter)."""
+        prefixes = [
+            k[:-len('kv.weight')] for k in state_dict
+            if k.endswith('.attn.kv.weight')
+        ]
+        return local_residual_shown(state_dict, prefixes)
+
     def _stage_modules(self, stage: int) -> List[nn.Module]:
         if stage < 0:
             return [self.patch_embed1]

@@ -10,7 +10,8 @@ from torch import nn
 from ...checkpoint import ConvertedStateDict, match_any
 from ...registry import register_into_toolboxes
 from ..layers.common import BlockStack, Mlp, build_drop_path, drop_path_rates
-from ..layers.inline_attention import KERNEL_FUNCS, InLineAttention
+from ..layers.inline_attention import (KERNEL_FUNCS, InLineAttention,
+                                       local_residual_shown)
 from ..layers.swin_window_attention import SwinWindowAttention
 from .base import DenseBackbone, check_stage_lists, resolve_arch
 
@@ -150,18 +151,23 @@ class InLineSwinBlock(nn.Module):
         mlp_ratio (float): MLP hidden ratio.
         drop_path (float): Stochastic depth rate.
         kernel_func (str): InLine kernel map. Default: 'identity'.
+        injective (bool): Injective normalisation. Default: True.
+        local_residual (bool): The dynamic local residual. Default: True.
     """
 
     def __init__(self, embed_dims: int, num_heads: int, kind: str,
                  window_size: int, shift: bool, mlp_ratio: float,
-                 drop_path: float, kernel_func: str = 'identity') -> None:
+                 drop_path: float, kernel_func: str = 'identity',
+                 injective: bool = True, local_residual: bool = True) -> None:
         super().__init__()
         self.kind = kind
         self.norm1 = nn.LayerNorm(embed_dims)
         if kind == 'I':
             self.attn = InLineAttention(embed_dims, num_heads,
                                         qkv_layout='qkv',
-                                        kernel_func=kernel_func)
+                                        kernel_func=kernel_func,
+                                        injective=injective,
+                                        local_residual=local_residual)
         else:
             self.attn = SwinWindowAttention(
                 embed_dims, num_heads, window_size,
@@ -228,8 +234,14 @@ class InLineSwin(DenseBackbone):
         softmax_window_size (int, optional): Override the window of the
             softmax blocks (checkpoint tables are resized bicubically).
             Default: None (official rule).
-        kernel_func (str): The InLine kernel map of q and k, as in
-            :class:`InLinePVT`. Default: 'identity'.
+        kernel_func (str): Ablation switch: the InLine kernel map of q and
+            k, as in :class:`InLinePVT`. Default: 'identity'.
+        injective (bool): Ablation switch: injective normalisation of the
+            InLine blocks (official), as in :class:`InLinePVT`.
+            Default: True.
+        local_residual (bool): Ablation switch: the InLine blocks' dynamic
+            local residual (official), as in :class:`InLinePVT`.
+            Default: True.
         init_cfg (dict, optional): ``dict(type='Pretrained',
             checkpoint=PATH)`` loads an official InLine-Swin classification
             checkpoint as released.
@@ -258,12 +270,16 @@ class InLineSwin(DenseBackbone):
     arch_required = ('embed_dims', 'depths', 'num_heads')
     arch_defaults: Dict[str, Any] = dict(window_size=56, attn_types='IIIS',
                                          mlp_ratio=4.)
+    official_switches: Dict[str, Any] = dict(injective=True,
+                                             local_residual=True)
 
     def __init__(self,
                  arch: Union[str, Dict[str, Any]] = 'tiny',
                  in_channels: int = 3,
                  drop_path_rate: float = 0.1,
                  kernel_func: str = 'identity',
+                 injective: bool = True,
+                 local_residual: bool = True,
                  softmax_window_size: Optional[int] = None,
                  out_indices: Sequence[int] = (0, 1, 2, 3),
                  frozen_stages: int = -1,
@@ -298,6 +314,9 @@ class InLineSwin(DenseBackbone):
                              f'positive int, got {softmax_window_size!r}.')
         self.softmax_window_size = softmax_window_size
         self.in_channels = in_channels
+        self.kernel_func = kernel_func
+        self.injective = injective
+        self.local_residual = local_residual
 
         self.patch_embed = SwinPatchEmbed(in_channels, dims[0])
         rates = drop_path_rates(drop_path_rate, depths)
@@ -307,7 +326,7 @@ class InLineSwin(DenseBackbone):
             blocks = [
                 InLineSwinBlock(dims[i], heads[i], kind, softmax_window_size,
                                 j % 2 == 1, mlp_ratio, rates[first + j],
-                                kernel_func)
+                                kernel_func, injective, local_residual)
                 for j, kind in enumerate(self.block_kinds[i])
             ]
             downsample = PatchMerging(dims[i]) \
@@ -345,6 +364,11 @@ class InLineSwin(DenseBackbone):
 
     def stage(self, stage: int) -> nn.Module:
         return self.layers[stage]
+
+    def stage_input_modules(self, stage: int) -> List[nn.Module]:
+        if stage == 0:
+            return [self.patch_embed]
+        return [self.layers[stage - 1].downsample]
 
     # ----------------------------------------------------------- init / load
     def _init_from_scratch(self) -> None:
@@ -439,6 +463,19 @@ class InLineSwin(DenseBackbone):
                     mlp_ratio=hidden / base)
 
     # -------------------------------------------------------------- training
+    @classmethod
+    def switches_of_state_dict(
+            cls, state_dict: Dict[str, torch.Tensor]) -> Dict[str, Any]:
+        """``local_residual`` as the keys of the InLine blocks (no relative
+        position bias) show it (``injective`` changes no parameter)."""
+        prefixes = [
+            k[:-len('qkv.weight')] for k in state_dict
+            if k.endswith('.attn.qkv.weight') and
+            k[:-len('qkv.weight')] + 'relative_position_bias_table' not in
+            state_dict
+        ]
+        return local_residual_shown(state_dict, prefixes)
+
     def _stage_modules(self, stage: int) -> List[nn.Module]:
         if stage < 0:
             return [self.patch_embed]

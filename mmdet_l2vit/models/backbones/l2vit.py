@@ -11,7 +11,16 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ...checkpoint import ConvertedStateDict, match_any
 from ...registry import register_into_toolboxes
 from ..layers.common import BlockStack, drop_path_rates
+from ..layers.l2vit_attention import DENOMINATOR_FLOOR, LinearAttention
 from ..layers.l2vit_blocks import Downsample, LGABlock, LWABlock, StemEmbed
+
+#: Block kinds of each ``block_pattern``: ``'L'`` local window attention,
+#: ``'G'`` linear global attention with the LCM, by block index ``j``.
+BLOCK_PATTERNS = {
+    'alternating': lambda j: 'L' if j % 2 == 0 else 'G',
+    'local': lambda j: 'L',
+    'global': lambda j: 'G',
+}
 from .base import DenseBackbone, check_stage_lists, resolve_arch
 
 
@@ -36,12 +45,34 @@ class L2ViT(DenseBackbone):
             ``mlp_ratio`` (4). Default: 'tiny'.
         in_channels (int): Image channels. Default: 3.
         drop_path_rate (float): Stochastic depth rate. Default: 0.1.
+        lcm_kernel_size (int): Ablation switch: kernel of the LCM's two
+            depthwise convs (official 7; 3 and 5 are the paper's
+            alternatives); ``0`` removes the LCM branch and its ``norm3``.
+            Default: 7.
+        block_pattern (str): Ablation switch: ``'alternating'`` (official
+            L, G, L, G ...), ``'local'`` (every block local window
+            attention) or ``'global'`` (every block linear global attention
+            with the LCM). Default: 'alternating'.
+        softmax_stages (Sequence[int]): Ablation switch: stages whose
+            global blocks use softmax attention over all tokens instead of
+            linear attention (no ``temperature``; quadratic in the tokens,
+            e.g. ``(3, )`` where they are few). Default: ().
+        denominator_floor (float, optional): Ablation switch: the linear
+            attention's denominator floor (official 100); ``None`` is the
+            ordinary normalisation (``+ 1e-6``). Default: 100.
         out_indices, frozen_stages, norm_eval, with_cp, pretrained,
             compile, inference: the backbone contract, see
             :class:`~mmdet_l2vit.models.backbones.base.DenseBackbone`.
         init_cfg (dict, optional): ``dict(type='Pretrained',
             checkpoint=PATH)`` loads an official classification checkpoint
             (e.g. ``L2ViT-Tiny-checkpoint-best-ema.pth``) as released.
+
+    The defaults of the ablation switches are the official model (and only
+    then does float32 CPU inference run in the CPU inference engine; other
+    settings run the reference modules). A switch changes the parameters
+    only where it must (LCM convs, ``norm3``, ``temperature``, the kinds of
+    blocks); a checkpoint whose keys show another setting is refused with
+    the switch to set.
 
     Examples:
         >>> import torch
@@ -66,11 +97,21 @@ class L2ViT(DenseBackbone):
     }
     arch_required = ('embed_dims', 'depths', 'num_heads')
     arch_defaults: Dict[str, Any] = dict(window_size=7, mlp_ratio=4.)
+    official_switches: Dict[str, Any] = dict(
+        lcm_kernel_size=7, block_pattern='alternating', softmax_stages=(),
+        denominator_floor=DENOMINATOR_FLOOR)
+    #: Layer-wise lr decay: three blocks to a layer id, the ConvNeXt map of
+    #: the official layer-decay constructor (see ``get_layer_depth``).
+    blocks_per_layer_id = 3
 
     def __init__(self,
                  arch: Union[str, Dict[str, Any]] = 'tiny',
                  in_channels: int = 3,
                  drop_path_rate: float = 0.1,
+                 lcm_kernel_size: int = 7,
+                 block_pattern: str = 'alternating',
+                 softmax_stages: Sequence[int] = (),
+                 denominator_floor: Optional[float] = DENOMINATOR_FLOOR,
                  out_indices: Sequence[int] = (0, 1, 2, 3),
                  frozen_stages: int = -1,
                  norm_eval: bool = False,
@@ -90,6 +131,12 @@ class L2ViT(DenseBackbone):
         self.window_size = self.arch_settings['window_size']
         mlp_ratio = self.arch_settings['mlp_ratio']
         self.in_channels = in_channels
+        self._check_switches(lcm_kernel_size, block_pattern, softmax_stages)
+        self.lcm_kernel_size = lcm_kernel_size
+        self.block_pattern = block_pattern
+        self.softmax_stages = tuple(sorted(softmax_stages))
+        self.denominator_floor = denominator_floor
+        kind_of = BLOCK_PATTERNS[block_pattern]
 
         self.downsample_layers = nn.ModuleList([StemEmbed(in_channels,
                                                           dims[0])])
@@ -99,12 +146,15 @@ class L2ViT(DenseBackbone):
         self.stages = nn.ModuleList()
         for i, depth in enumerate(depths):
             first = sum(depths[:i])
+            global_attention = 'softmax' if i in self.softmax_stages \
+                else 'linear'
             self.stages.append(
                 BlockStack([
                     LWABlock(dims[i], heads[i], self.window_size, mlp_ratio,
-                             rates[first + j]) if j % 2 == 0 else
-                    LGABlock(dims[i], heads[i], mlp_ratio, rates[first + j])
-                    for j in range(depth)
+                             rates[first + j]) if kind_of(j) == 'L' else
+                    LGABlock(dims[i], heads[i], mlp_ratio, rates[first + j],
+                             lcm_kernel_size, global_attention,
+                             denominator_floor) for j in range(depth)
                 ]))
         self._add_output_norms()
         self._finish_build()
@@ -127,12 +177,66 @@ class L2ViT(DenseBackbone):
             raise ValueError('L2ViT: window_size must be a positive int.')
         return settings
 
+    def _check_switches(self, lcm_kernel_size: int, block_pattern: str,
+                        softmax_stages: Sequence[int]) -> None:
+        if not isinstance(lcm_kernel_size, int) or lcm_kernel_size < 0 or (
+                lcm_kernel_size and lcm_kernel_size % 2 == 0):
+            raise ValueError('L2ViT: lcm_kernel_size must be an odd kernel '
+                             '(3, 5, 7) or 0 (no LCM), got '
+                             f'{lcm_kernel_size!r}.')
+        if block_pattern not in BLOCK_PATTERNS:
+            raise ValueError(f'L2ViT: unknown block_pattern '
+                             f'{block_pattern!r}; choose one of '
+                             f'{sorted(BLOCK_PATTERNS)}.')
+        if not all(isinstance(i, int) and 0 <= i < self.num_stages
+                   for i in softmax_stages):
+            raise ValueError('L2ViT: softmax_stages must be stage indices in '
+                             f'[0, {self.num_stages}), got '
+                             f'{softmax_stages!r}.')
+
+    @classmethod
+    def switches_of_state_dict(
+            cls, state_dict: Dict[str, torch.Tensor]) -> Dict[str, Any]:
+        """The ablation switches an official-layout state dict shows:
+        ``block_pattern`` (where every stage agrees), ``lcm_kernel_size``
+        and ``softmax_stages`` (where it has global blocks).
+        ``denominator_floor`` changes no parameter and is not shown."""
+        kinds, kernels, softmax, linear = [], set(), set(), set()
+        for i in range(cls.num_stages):
+            depth = 1 + max((int(k.split('.')[2]) for k in state_dict
+                             if k.startswith(f'stages.{i}.')), default=-1)
+            for j in range(depth):
+                prefix = f'stages.{i}.{j}.'
+                is_local = f'{prefix}cpe.1.proj.weight' in state_dict
+                kinds.append((j, 'L' if is_local else 'G'))
+                if is_local:
+                    continue
+                conv = state_dict.get(f'{prefix}local_mp.conv1.weight')
+                kernels.add(0 if conv is None else conv.shape[-1])
+                has_temperature = f'{prefix}attn.temperature' in state_dict
+                (linear if has_temperature else softmax).add(i)
+        switches: Dict[str, Any] = {}
+        patterns = [
+            name for name, kind_of in BLOCK_PATTERNS.items()
+            if all(kind_of(j) == kind for j, kind in kinds)
+        ]
+        if kinds and patterns:
+            switches['block_pattern'] = patterns[0]
+        if len(kernels) == 1:
+            switches['lcm_kernel_size'] = kernels.pop()
+        if softmax or linear:
+            switches['softmax_stages'] = tuple(sorted(softmax))
+        return switches
+
     # ---------------------------------------------------------------- stages
     def stage_input(self, stage: int, x: torch.Tensor) -> torch.Tensor:
         return self.downsample_layers[stage](x)
 
     def stage(self, stage: int) -> nn.Module:
         return self.stages[stage]
+
+    def stage_input_modules(self, stage: int) -> List[nn.Module]:
+        return [self.downsample_layers[stage]]
 
     # ----------------------------------------------------------- init / load
     def _init_from_scratch(self) -> None:
@@ -146,7 +250,7 @@ class L2ViT(DenseBackbone):
                 constant_init(module, val=1., bias=0.)
         for stage, heads in zip(self.stages, self.num_heads):
             for block in stage:
-                if isinstance(block, LGABlock):
+                if isinstance(block.attn, LinearAttention):
                     head_dims = block.norm1.normalized_shape[0] // heads
                     nn.init.constant_(block.attn.temperature, head_dims**-0.5)
 

@@ -20,8 +20,8 @@ from mmengine.logging import print_log
 from timm.models._features import feature_take_indices
 from torch import nn
 
-from ...checkpoint import (extract_state_dict, load_state_dict_strictly,
-                           read_checkpoint_file)
+from ...checkpoint import (CheckpointError, extract_state_dict,
+                           load_state_dict_strictly, read_checkpoint_file)
 from ..layers.common import channels_last_to_nchw
 
 
@@ -192,9 +192,12 @@ class ClassifierMixin:
         key = checkpoint_key or self.checkpoint_key
         raw = read_checkpoint_file(checkpoint, trust_pickle=trust_pickle)
         state_dict, source = extract_state_dict(raw, key)
-        load_state_dict_strictly(self, state_dict,
-                                 source=f"{checkpoint}['{source}']",
-                                 expected_family=self.family,
-                                 resized_on_load=self.resized_on_load)
+        try:
+            load_state_dict_strictly(self, state_dict,
+                                     source=f"{checkpoint}['{source}']",
+                                     expected_family=self.family,
+                                     resized_on_load=self.resized_on_load)
+        except CheckpointError as error:
+            raise self.with_switch_hint(error, state_dict) from None
         print_log(f'{type(self).__name__}: loaded {checkpoint} [{source}]',
                   logger='current', level=logging.INFO)

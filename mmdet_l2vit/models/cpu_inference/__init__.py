@@ -42,7 +42,9 @@ def cpu_inference_applies(backbone: nn.Module, x: torch.Tensor) -> bool:
     autograd is off (the fused kernels have no backward), CPU autocast is
     off, nothing traces or compiles (they do their own fusion), the backbone
     is in eval mode (drop path a no-op, BatchNorm on running statistics),
-    its family has a runner and ``backbone.inference == 'auto'``.
+    its family has a runner, its ablation switches are the official ones
+    (other settings run the reference modules) and
+    ``backbone.inference == 'auto'``.
 
     Args:
         backbone (nn.Module): An mmdet_l2vit backbone.
@@ -54,7 +56,8 @@ def cpu_inference_applies(backbone: nn.Module, x: torch.Tensor) -> bool:
             and not torch.jit.is_tracing()
             and not torch.compiler.is_compiling() and not backbone.training
             and backbone.inference == 'auto'
-            and backbone.family in RUNNERS)
+            and backbone.family in RUNNERS
+            and backbone.has_official_switches())
 
 
 def run_cpu_inference(backbone: nn.Module,

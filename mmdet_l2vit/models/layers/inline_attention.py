@@ -15,15 +15,23 @@ A dynamic per-channel 3x3 depthwise conv of ``V`` (kernels predicted per
 image from the token mean of the input) is added before the output
 projection: ``proj(out + local(V))``.
 
+Ablation switches (not in the released models): ``injective=False`` is the
+ordinary division-normalised linear attention
+``w_ij = q_i . k_j / (q_i . sum_j k_j + eps)`` (:func:`normalised_global_term`,
+best with a non-negative kernel map), ``local_residual=False`` removes the
+local term and its kernel predictor.
+
 The reductions over all tokens run in float32 even under fp16/bf16
 autocast. Parameter names follow the official code: PVT blocks have ``q``
 and ``kv``, Swin blocks ``qkv``; both have ``proj`` and ``residual.{0,2}``.
 """
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, List, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .attention_rows import check_queries, split_heads
 
 #: Kernel maps phi of the official ``inline_swin.py`` (applied to q and k).
 KERNEL_FUNCS: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -52,6 +60,34 @@ def injective_global_term(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     v_mean = v.mean(dim=-2, keepdim=True)
     kv = (k.transpose(-2, -1) @ v) * (scale / num_tokens)  # (B, h, d, d)
     return q @ kv + (1 - scale * (q @ k_mean.transpose(-2, -1))) * v_mean
+
+
+def local_residual_shown(state_dict: Dict[str, torch.Tensor],
+                         attention_prefixes: List[str]) -> Dict[str, bool]:
+    """``{'local_residual': ...}`` as a state dict shows it: whether its
+    InLine attentions (keys under ``attention_prefixes``) have the
+    ``residual`` kernel predictor; empty where they disagree or are none."""
+    found = {f'{p}residual.0.weight' in state_dict for p in attention_prefixes}
+    return dict(local_residual=found.pop()) if len(found) == 1 else {}
+
+
+#: What keeps the ordinary (non-injective) normalisation away from 0 / 0.
+NORMALISATION_EPS = 1e-6
+
+
+def normalised_global_term(q: torch.Tensor, k: torch.Tensor,
+                           v: torch.Tensor) -> torch.Tensor:
+    """Ordinary linear attention ``q_i (k^T V) / (q_i . sum_j k_j + eps)``.
+
+    Args:
+        q, k, v (Tensor): ``(B, h, N, d)`` (q and k kernel-mapped).
+
+    Returns:
+        Tensor: ``(B, h, N, d)``.
+    """
+    k_sum = k.sum(dim=-2, keepdim=True)  # (B, h, 1, d)
+    denominator = q @ k_sum.transpose(-2, -1) + NORMALISATION_EPS
+    return (q @ (k.transpose(-2, -1) @ v)) / denominator
 
 
 def dynamic_depthwise_conv3x3(v: torch.Tensor,
@@ -90,6 +126,11 @@ class InLineAttention(nn.Module):
         kernel_func (str): Kernel map of q and k: ``'identity'`` (official
             default), ``'relu'``, ``'leakyrelu'`` or ``'exp'``
             (``exp(0.2 x)``). Default: 'identity'.
+        injective (bool): Injective normalisation (official); ``False`` is
+            ordinary division-normalised linear attention. Default: True.
+        local_residual (bool): The dynamic local residual (official);
+            ``False`` removes it with its ``residual`` kernel predictor.
+            Default: True.
     """
 
     def __init__(self,
@@ -97,7 +138,9 @@ class InLineAttention(nn.Module):
                  num_heads: int,
                  qkv_layout: str = 'qkv',
                  qkv_bias: bool = True,
-                 kernel_func: str = 'identity') -> None:
+                 kernel_func: str = 'identity',
+                 injective: bool = True,
+                 local_residual: bool = True) -> None:
         super().__init__()
         if embed_dims % num_heads:
             raise ValueError(f'embed_dims {embed_dims} is not divisible by '
@@ -113,6 +156,7 @@ class InLineAttention(nn.Module):
         self.scale = self.head_dims**-0.5
         self.qkv_layout = qkv_layout
         self.kernel_func = kernel_func
+        self.injective = injective
         if qkv_layout == 'q_kv':
             self.q = nn.Linear(embed_dims, embed_dims, bias=qkv_bias)
             self.kv = nn.Linear(embed_dims, 2 * embed_dims, bias=qkv_bias)
@@ -123,7 +167,8 @@ class InLineAttention(nn.Module):
         self.residual = nn.Sequential(
             nn.Conv1d(embed_dims, embed_dims, 1, groups=num_heads),
             nn.GELU(),
-            nn.Conv1d(embed_dims, 9 * embed_dims, 1, groups=num_heads))
+            nn.Conv1d(embed_dims, 9 * embed_dims, 1, groups=num_heads)
+        ) if local_residual else None
 
     def project_qkv(self, x: torch.Tensor
                     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -146,15 +191,58 @@ class InLineAttention(nn.Module):
         q, k, v = self.project_qkv(x)
         dtype = torch.promote_types(x.dtype, torch.float32)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            kernels = self.residual(x.to(dtype).mean(dim=(1, 2))[..., None])
-            local = dynamic_depthwise_conv3x3(v.to(dtype),
-                                              kernels.view(B, C, 1, 3, 3))
 
             def heads(t: torch.Tensor) -> torch.Tensor:
                 return t.reshape(B, H * W, self.num_heads, -1).transpose(
                     1, 2).to(dtype)
 
-            out = injective_global_term(heads(q), heads(k), heads(v),
-                                        self.scale)
-            out = out.transpose(1, 2).reshape(B, H, W, C) + local
+            if self.injective:
+                out = injective_global_term(heads(q), heads(k), heads(v),
+                                            self.scale)
+            else:
+                out = normalised_global_term(heads(q), heads(k), heads(v))
+            out = out.transpose(1, 2).reshape(B, H, W, C)
+            if self.residual is not None:
+                kernels = self.residual(
+                    x.to(dtype).mean(dim=(1, 2))[..., None])
+                out = out + dynamic_depthwise_conv3x3(
+                    v.to(dtype), kernels.view(B, C, 1, 3, 3))
         return self.proj(out.to(x.dtype))
+
+    #: What :meth:`attention_rows` returns (for the analysis tools).
+    attention_kind = 'inline'
+
+    def attention_rows(self, x: torch.Tensor,
+                       queries: torch.Tensor) -> torch.Tensor:
+        """The global term's weights ``w_ij`` of the queries over all tokens.
+
+        Injective (official): ``(s q_i . (k_j - mean(k)) + 1) / N``, rows
+        summing to 1, weights possibly negative; with ``injective=False``:
+        ``q_i . k_j / (q_i . sum_n k_n + eps)``. The dynamic local residual
+        (a 3x3 conv of V added before ``proj``) is not attention over the
+        tokens and is not part of the rows: ``forward`` at a query is
+        ``proj(rows @ V + local(V))``.
+
+        Args:
+            x (Tensor): (B, H, W, C), what :meth:`forward` receives.
+            queries (Tensor): Q flat token indices into H*W.
+
+        Returns:
+            Tensor: (B, heads, Q, H*W) float32.
+        """
+        B, H, W, C = x.shape
+        queries = check_queries(queries, H * W)
+        q, k, _ = self.project_qkv(x.reshape(B, H * W, C))
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            q = split_heads(q[:, queries], self.num_heads).to(dtype)
+            k = split_heads(k, self.num_heads).to(dtype)
+            if not self.injective:
+                k_sum = k.sum(dim=-2, keepdim=True).transpose(-2, -1)
+                rows = (q @ k.transpose(-2, -1)) / (
+                    q @ k_sum + NORMALISATION_EPS)
+                return rows.float()
+            k_centred = k - k.mean(dim=-2, keepdim=True)
+            rows = (self.scale * (q @ k_centred.transpose(-2, -1)) + 1) / (
+                H * W)
+            return rows.float()

@@ -7,12 +7,15 @@ memory format for the convs, so no block transposes its activations.
 Module and parameter names follow the official L²ViT code so that its
 checkpoints map 1:1 (``cpe.0.proj``, ``local_mp.conv1``, ``norm3`` ...).
 """
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .common import Mlp, build_drop_path, conv_channels_last
-from .l2vit_attention import LinearAttention, WindowAttention
+from .l2vit_attention import (DENOMINATOR_FLOOR, LinearAttention,
+                              SoftmaxGlobalAttention, WindowAttention)
 
 
 class ConvPosEnc(nn.Module):
@@ -36,11 +39,14 @@ class LocalConcentration(nn.Module):
 
     Args:
         embed_dims (int): Channels.
-        kernel_size (int): Depthwise kernel size. Default: 7.
+        kernel_size (int): Depthwise kernel size, odd. Default: 7.
     """
 
     def __init__(self, embed_dims: int, kernel_size: int = 7) -> None:
         super().__init__()
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError('the LCM kernel size must be odd and positive, '
+                             f'got {kernel_size!r}.')
         padding = kernel_size // 2
         self.conv1 = nn.Conv2d(embed_dims, embed_dims, kernel_size,
                                padding=padding, groups=embed_dims)
@@ -93,25 +99,47 @@ class LGABlock(nn.Module):
         num_heads (int): Attention heads.
         mlp_ratio (float): MLP hidden ratio.
         drop_path (float): Stochastic depth rate of every residual branch.
+        lcm_kernel_size (int): Kernel of the LCM's depthwise convs (official:
+            7); ``0`` removes the LCM branch (and its ``norm3``).
+            Default: 7.
+        global_attention (str): ``'linear'`` (official) or ``'softmax'``
+            (:class:`SoftmaxGlobalAttention`, no temperature).
+            Default: 'linear'.
+        denominator_floor (float, optional): The linear attention's
+            denominator floor (official: 100; ``None``: no floor).
     """
 
     def __init__(self, embed_dims: int, num_heads: int, mlp_ratio: float,
-                 drop_path: float) -> None:
+                 drop_path: float, lcm_kernel_size: int = 7,
+                 global_attention: str = 'linear',
+                 denominator_floor: Optional[float] = DENOMINATOR_FLOOR
+                 ) -> None:
         super().__init__()
         self.cpe = nn.ModuleList([ConvPosEnc(embed_dims)])
         self.norm1 = nn.LayerNorm(embed_dims)
-        self.attn = LinearAttention(embed_dims, num_heads)
+        if global_attention == 'linear':
+            self.attn = LinearAttention(embed_dims, num_heads,
+                                        denominator_floor=denominator_floor)
+        elif global_attention == 'softmax':
+            self.attn = SoftmaxGlobalAttention(embed_dims, num_heads)
+        else:
+            raise ValueError("global_attention must be 'linear' or "
+                             f"'softmax', got {global_attention!r}.")
         self.drop_path = build_drop_path(drop_path)
         self.norm2 = nn.LayerNorm(embed_dims)
         self.mlp = Mlp(embed_dims, int(embed_dims * mlp_ratio))
-        self.norm3 = nn.LayerNorm(embed_dims)
-        self.local_mp = LocalConcentration(embed_dims)
+        if lcm_kernel_size:
+            self.norm3 = nn.LayerNorm(embed_dims)
+            self.local_mp = LocalConcentration(embed_dims, lcm_kernel_size)
+        else:
+            self.norm3 = self.local_mp = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, H, W, C) -> (B, H, W, C)."""
         x = self.cpe[0](x)
         x = x + self.drop_path(self.attn(self.norm1(x)))
-        x = x + self.drop_path(self.local_mp(self.norm3(x)))
+        if self.local_mp is not None:
+            x = x + self.drop_path(self.local_mp(self.norm3(x)))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 

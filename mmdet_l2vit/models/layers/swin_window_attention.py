@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from mmengine.logging import print_log
 from torch import nn
 
+from .attention_rows import window_softmax_rows
 from .windows import window_partition, window_sdpa
 
 #: Attention logit added between tokens of different shift regions.
@@ -220,3 +221,34 @@ class SwinWindowAttention(nn.Module):
         if shift:
             out = torch.roll(out, shifts=(shift, shift), dims=(1, 2))
         return self.proj(out[:, :H, :W])
+
+    #: What :meth:`attention_rows` returns (for the analysis tools).
+    attention_kind = 'swin_window_softmax'
+
+    def attention_rows(self, x: torch.Tensor,
+                       queries: torch.Tensor) -> torch.Tensor:
+        """Softmax weights of the queries over their (shifted) window, with
+        the relative position bias and the shift mask, at map positions
+        (the cyclic shift rolled back).
+
+        Args:
+            x (Tensor): (B, H, W, C), what :meth:`forward` receives.
+            queries (Tensor): Q flat token indices into H*W.
+
+        Returns:
+            Tensor: (B, heads, Q, H*W) float32, zero outside the query's
+            window. The zero-padded tokens are keys too (their value is the
+            qkv bias); their weight is dropped, so rows of windows that
+            reach over padding sum to less than 1.
+        """
+        H, W = x.shape[1:3]
+        ws = self.window_size
+        shift = self.effective_shift(H, W)
+        x = F.pad(x, (0, 0, 0, -W % ws, 0, -H % ws))
+        Hp, Wp = x.shape[1:3]
+        if shift:
+            x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
+        return window_softmax_rows(self.qkv(x), (H, W), ws, self.num_heads,
+                                   queries, scale=self.scale,
+                                   bias=self.attention_bias(Hp, Wp, shift, 1),
+                                   shift=shift)
