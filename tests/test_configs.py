@@ -68,7 +68,20 @@ def expected_configs() -> Dict[str, dict]:
         out[f'upernet_inline_swin_{k}_ade20k'] = dict(
             type='InLineSwin', arch=arch, ckpt=ckpt, dp=0.3, lr=6e-5,
             wd=0.01, iters=160000, head=dims)
+    for stem, paramwise_cfg in LAYER_DECAY.items():
+        out[f'{stem}_layer_decay'] = dict(out[stem], inherits=stem,
+                                          layer_decay=paramwise_cfg)
     return out
+
+
+#: The layer-wise lr decay examples: the config each inherits -> the
+#: decay keys of its paramwise_cfg (README "Layer-wise learning-rate decay").
+LAYER_DECAY = {
+    'maskrcnn_l2vit_t_coco': dict(decay_rate=0.95, decay_type='layer_wise',
+                                  flat_decay_mult=0.),
+    'upernet_l2vit_t_ade20k': dict(decay_rate=0.9, decay_type='stage_wise',
+                                   flat_decay_mult=0.),
+}
 
 
 EXPECTED = expected_configs()
@@ -145,6 +158,13 @@ def test_config_recipe(stem):
     assert optimizer.lr == pytest.approx(exp['lr'])
     assert optimizer.weight_decay == pytest.approx(exp['wd'])
     assert cfg.optim_wrapper.type == 'OptimWrapper'  # --amp switches it
+    if 'layer_decay' in exp:
+        assert _declared_base(stem) == f'./{exp["inherits"]}.py'
+        assert cfg.optim_wrapper.constructor == \
+            'BackboneLayerDecayOptimWrapperConstructor'
+        assert cfg.optim_wrapper.paramwise_cfg == exp['layer_decay']
+    else:
+        assert 'constructor' not in cfg.optim_wrapper
     readme = (ROOT / 'README.md').read_text()
     assert Path(exp['ckpt']).name in readme, 'checkpoint not documented'
     if 'epochs' in exp:  # detection
@@ -207,6 +227,7 @@ def _build(cfg: Config):
 
 def _stage_dims(stem: str) -> List[int]:
     exp = EXPECTED[stem]
+    stem = exp.get('inherits', stem)
     if exp['type'] == 'InLinePVT':
         return [64, 128, 320, 512]
     size = stem.split('_')[-2] if stem.endswith('ade20k') else \

@@ -497,8 +497,12 @@ class DenseBackbone(BaseModule):
         0, ``stages.0`` 1, ``downsample_layers.1`` and ``stages.1`` 2,
         ``downsample_layers.2`` 3, ``stages.2.<b>`` ``3 + b // 3``,
         ``downsample_layers.3`` and ``stages.3`` the next id, everything else
-        the last. The InLine models give every block its own id (Swin:
-        ``num_layers = sum(depths) + 2``, as mmpretrain's Swin).
+        the last. The InLine models give every block its own id
+        (``num_layers = sum(depths) + 2``, as mmpretrain's Swin; its patch
+        merging, though, goes with the block before it, here with the block
+        after it, as ConvNeXt's downsampling). Stage-wise, the official code
+        puts ``downsample_layers.1-3`` with the stem; here they go with the
+        stage they feed, as layer-wise.
 
         Args:
             param_name (str): Parameter name, e.g.
