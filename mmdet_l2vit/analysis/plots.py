@@ -183,6 +183,7 @@ def plot_erf(heat: torch.Tensor, centre: Tuple[float, float],
         ax.annotate(f'{share:.0%}: r={radius:.1f}',
                     (centre[1] + radius * 0.71, centre[0] - radius * 0.71),
                     color='white', fontsize=8)
-    ax.set_title(title, fontsize=9)
+    # one line per comma-separated part, so a long title stays in the figure
+    ax.set_title(title.replace(', ', '\n', 1), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
