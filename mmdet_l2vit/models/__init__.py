@@ -24,7 +24,9 @@ windowed softmax attention):
 Beside the model, and chosen in one place (``DenseBackbone.forward``):
 
 - ``layers/memory.py``: while autograd records, LayerNorm and GELU outputs
-  are recomputed in backward instead of kept (training memory);
+  are recomputed in backward instead of kept (training memory), and on the
+  CPU the large depthwise convs take their gradients from forward
+  depthwise convs (training time);
 - ``cpu_inference/``: float32 CPU inference (eval mode, no autograd) runs
   in an engine of its own (banded and chunked, oneDNN epilogues, BatchNorm
   folding, in-place writes), which reads the reference modules' parameters

@@ -1,6 +1,13 @@
-"""Training memory: LayerNorm and GELU outputs are recomputed in backward.
+"""Training memory and speed: the autograd machinery around the reference
+modules, which the backbone turns on in one place, its ``forward``.
 
-Autograd keeps the input of every Linear (and of the LCM's BatchNorm) for
+- Memory: LayerNorm and GELU outputs are recomputed in backward
+  (:func:`recompute_norms_and_gelus`, below).
+- Speed, on the CPU: the gradients of the larger depthwise convs are
+  computed with forward depthwise convs (:func:`depthwise_grads_as_convs`,
+  :class:`SameDepthwiseConv2d`, at the end).
+
+Memory. Autograd keeps the input of every Linear (and of the LCM's BatchNorm) for
 backward. After a LayerNorm or a GELU that input is a full-size map of its
 own, although the LayerNorm's input and statistics (or the GELU's input)
 are kept anyway, by the norm's (or the GELU's) own backward. Inside
@@ -24,6 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.graph import saved_tensors_hooks
 from torch.nn.modules.module import register_module_forward_hook
+from torch.nn.modules.utils import _pair
+from torch.overrides import TorchFunctionMode
 
 _LAYER_NORM = 'NativeLayerNormBackward0'
 _GELU = 'GeluBackward0'
@@ -115,3 +124,195 @@ def saves_memory_here() -> bool:
     tracing and ``torch.compile`` (which plan their own recomputation)."""
     return (torch.is_grad_enabled() and not torch.jit.is_tracing()
             and not torch.compiler.is_compiling())
+
+
+# ------------------------------------------------- depthwise conv gradients
+class SameDepthwiseConv2d(torch.autograd.Function):
+    """Stride-1 depthwise ``Conv2d`` with zero padding ``k // 2`` (odd
+    kernels) whose gradients are computed with forward depthwise convs.
+
+    ``apply(input, weight, bias)``: ``input`` (B, C, H, W), ``weight``
+    (C, 1, kh, kw), ``bias`` (C,) or ``None``. The forward is
+    ``F.conv2d(input, weight, bias, padding=(kh // 2, kw // 2), groups=C)``
+    (bit-identical outputs); like plain autograd it saves only ``input``
+    and ``weight``. In backward:
+
+    - the input gradient is the depthwise conv of the output gradient with
+      the flipped kernel (same padding);
+    - the weight gradient correlates the zero-padded input with the output
+      gradient, see :func:`depthwise_weight_grad`;
+    - the bias gradient sums the output gradient over (B, H, W).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, input: torch.Tensor, weight: torch.Tensor,
+                bias: Optional[torch.Tensor]) -> torch.Tensor:
+        ctx.save_for_backward(input, weight)
+        return F.conv2d(input, weight, bias, 1, same_padding(weight), 1,
+                        weight.shape[0])
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor
+                 ) -> Tuple[Optional[torch.Tensor], ...]:
+        input, weight = ctx.saved_tensors
+        needs_input, needs_weight, needs_bias = ctx.needs_input_grad
+        grad_input = grad_weight = grad_bias = None
+        if needs_input:
+            grad_input = F.conv2d(grad_output, weight.flip((-2, -1)), None, 1,
+                                  same_padding(weight), 1, weight.shape[0])
+        if needs_weight:
+            grad_weight = depthwise_weight_grad(input, grad_output,
+                                                weight.shape[-2:])
+        if needs_bias:
+            grad_bias = grad_output.sum((0, 2, 3))
+        return grad_input, grad_weight, grad_bias
+
+
+def same_padding(weight: torch.Tensor) -> Tuple[int, int]:
+    """The zero padding ``(kh // 2, kw // 2)`` that keeps the size."""
+    return weight.shape[-2] // 2, weight.shape[-1] // 2
+
+
+#: Output-gradient rows per weight-gradient conv. Measured on the CPU at
+#: L2ViT-T's 1024x1024 shapes: 16 or 32 rows are equally fast, 1.3-1.4x
+#: faster than whole maps, and as exact as oneDNN's backward (relative
+#: error to float64 2e-6, whole maps 1e-5; stage 1, 7x7).
+WEIGHT_GRAD_BAND_ROWS = 32
+
+
+def depthwise_weight_grad(input: torch.Tensor, grad_output: torch.Tensor,
+                          kernel_size: Tuple[int, int]) -> torch.Tensor:
+    """The weight gradient of a stride-1 'same' depthwise conv.
+
+    ``grad[c, 0, i, j] = sum_{b, h, w} pad(input)[b, c, h + i, w + j] *
+    grad_output[b, c, h, w]``. Per image and per band of
+    :data:`WEIGHT_GRAD_BAND_ROWS` output-gradient rows, this is a depthwise
+    conv of the band's input rows (with their ``kh - 1`` halo rows) by the
+    band of the output gradient as the kernel: ``(kh, kw)`` outputs, summed
+    over the bands. On channels-last maps every band is a slice, no copy
+    (only the first and last bands are zero-padded).
+
+    Args:
+        input (Tensor): (B, C, H, W) conv input.
+        grad_output (Tensor): (B, C, H, W) output gradient.
+        kernel_size (tuple[int, int]): (kh, kw), both odd.
+
+    Returns:
+        Tensor: (C, 1, kh, kw).
+    """
+    channels, height = input.shape[1], input.shape[2]
+    pad_h, pad_w = kernel_size[0] // 2, kernel_size[1] // 2
+    grad = None
+    for image, grad_image in zip(input.split(1), grad_output.split(1)):
+        kernels = grad_image.transpose(0, 1)  # (C, 1, H, W)
+        for top in range(0, height, WEIGHT_GRAD_BAND_ROWS):
+            bottom = min(top + WEIGHT_GRAD_BAND_ROWS, height)
+            rows = _rows_with_zero_halo(image, top - pad_h, bottom + pad_h)
+            part = F.conv2d(rows, kernels[:, :, top:bottom], None, 1,
+                            (0, pad_w), 1, channels)
+            grad = part if grad is None else grad.add_(part)
+    return grad.view(channels, 1, *kernel_size)
+
+
+def _rows_with_zero_halo(x: torch.Tensor, top: int,
+                         bottom: int) -> torch.Tensor:
+    """Rows ``top:bottom`` of a (B, C, H, W) map, zero where they fall
+    outside it."""
+    height = x.shape[2]
+    rows = x[:, :, max(top, 0):min(bottom, height)]
+    if top < 0 or bottom > height:
+        rows = F.pad(rows, (0, 0, max(-top, 0), max(bottom - height, 0)))
+    return rows
+
+
+#: Smallest kernel area (kh * kw) routed through :class:`SameDepthwiseConv2d`
+#: (measured on the CPU: faster from 5x5 on; oneDNN's own 3x3 backward is
+#: faster than the forward convs).
+ROUTED_MIN_KERNEL_AREA = 25
+
+
+def _same_depthwise_conv_args(input: Any, weight: Any, bias: Any = None,
+                              stride: Any = 1, padding: Any = 0,
+                              dilation: Any = 1, groups: int = 1
+                              ) -> Optional[Tuple[Any, ...]]:
+    """``(input, weight, bias)`` of an ``F.conv2d`` call to route through
+    :class:`SameDepthwiseConv2d` (a float32/64 CPU stride-1 'same'
+    depthwise conv with a kernel of at least
+    :data:`ROUTED_MIN_KERNEL_AREA` taps that autograd records, outside CPU
+    autocast); else ``None``."""
+    tensors = (input, weight) if bias is None else (input, weight, bias)
+    if not all(type(t) in (torch.Tensor, nn.Parameter) for t in tensors):
+        return None
+    if (input.dim() != 4 or weight.dim() != 4
+            or input.dtype not in (torch.float32, torch.float64)
+            or any(t.dtype != input.dtype or t.device.type != 'cpu'
+                   for t in tensors)):
+        return None
+    channels, kh, kw = weight.shape[0], weight.shape[2], weight.shape[3]
+    if (groups != channels or input.shape[1] != channels
+            or weight.shape[1] != 1 or kh % 2 == 0 or kw % 2 == 0
+            or kh * kw < ROUTED_MIN_KERNEL_AREA):
+        return None
+    if padding != 'same' and _pair(padding) != (kh // 2, kw // 2):
+        return None
+    if _pair(stride) != (1, 1) or _pair(dilation) != (1, 1):
+        return None
+    if (not torch.is_grad_enabled() or torch.is_autocast_enabled('cpu')
+            or not any(t.requires_grad for t in tensors)):
+        return None
+    return input, weight, bias
+
+
+class _DepthwiseGradsAsConvs(TorchFunctionMode):
+    """Routes the ``F.conv2d`` calls :func:`_same_depthwise_conv_args`
+    accepts through :class:`SameDepthwiseConv2d`; every other call runs as
+    it is."""
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (),
+                           kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        if func is F.conv2d:
+            routed = _same_depthwise_conv_args(*args, **kwargs)
+            if routed is not None:
+                return SameDepthwiseConv2d.apply(*routed)
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def depthwise_grads_as_convs(enabled: bool = True) -> Iterator[None]:
+    """Inside, stride-1 'same' depthwise ``F.conv2d`` calls with kernels of
+    at least 5x5 (L²ViT's 7x7 LCM convs; not the 3x3 CPEs or InLine's 3x3
+    local residual) run as :class:`SameDepthwiseConv2d`: the same outputs,
+    gradients equal to float32 rounding, the same saved tensors.
+
+    The model code stays ``nn.Conv2d`` / ``F.conv2d``: a
+    :class:`~torch.overrides.TorchFunctionMode` sees every ``F.conv2d``
+    call (about 2 us of Python per torch call while active, some 1600 calls
+    in an L²ViT-T forward: ~3 ms). The backbone turns this on in one place,
+    its ``forward``, where :func:`convolves_depthwise_grads_here` says so.
+
+    Args:
+        enabled (bool): Whether to route the calls (off: a no-op).
+    """
+    if not enabled:
+        yield
+        return
+    with _DepthwiseGradsAsConvs():
+        yield
+
+
+def convolves_depthwise_grads_here(x: torch.Tensor) -> bool:
+    """Whether :func:`depthwise_grads_as_convs` applies: a CPU input while
+    autograd records, outside tracing and ``torch.compile``.
+
+    Why: on the CPU, oneDNN's backward of a 5x5 or 7x7 depthwise conv on
+    channels-last maps takes 14-25x its forward, mostly for the weight
+    gradient. Forward depthwise convs compute the same gradients 2-4x
+    faster. Measured for L²ViT-T at 1024x1024 with 2 threads: stage 1's
+    7x7 LCM conv backward drops from 92 to 27 ms, and the LCM backward of
+    a training step from about 0.5 to 0.17 s, out of a 4-5 s step.
+    Elsewhere the native backward is kept: CUDA has depthwise backward
+    kernels of its own, and tracing and ``torch.compile`` record their own
+    graphs.
+    """
+    return x.device.type == 'cpu' and saves_memory_here()

@@ -1,0 +1,456 @@
+"""Training speed: depthwise conv gradients computed by forward convs.
+
+Inside ``depthwise_grads_as_convs`` (turned on by the backbones' forward on
+the CPU whenever autograd records) stride-1 'same' depthwise ``F.conv2d``
+calls with kernels of at least 5x5 (L²ViT's LCM) run as
+``SameDepthwiseConv2d``. Its outputs must be those of the
+plain conv, its gradients those of plain autograd (to float32 rounding),
+it must really run, and it must keep no more for backward than the plain
+conv does.
+"""
+import copy
+from typing import Dict, List, Tuple
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmdet_l2vit import InLinePVT, InLineSwin, L2ViT
+from mmdet_l2vit.analysis.live_memory import LiveTensorPeak
+from mmdet_l2vit.models.backbones import base
+from mmdet_l2vit.models.layers import memory
+from mmdet_l2vit.models.layers.l2vit_blocks import LocalConcentration
+from mmdet_l2vit.models.layers.memory import (SameDepthwiseConv2d,
+                                              convolves_depthwise_grads_here,
+                                              depthwise_grads_as_convs,
+                                              saves_memory_here)
+
+FAMILIES = {
+    'l2vit': (L2ViT, dict(embed_dims=[16, 32, 64, 128], depths=[2, 2, 2, 2],
+                          num_heads=[1, 2, 4, 8])),
+    'inline_pvt': (InLinePVT, dict(embed_dims=[16, 32, 64, 128],
+                                   depths=[1, 1, 1, 1],
+                                   num_heads=[1, 2, 4, 8],
+                                   mlp_ratios=[8, 8, 4, 4])),
+    'inline_swin': (InLineSwin, dict(embed_dims=16, depths=[2, 2, 2, 2],
+                                     num_heads=[1, 2, 4, 8],
+                                     attn_types='MSIS1')),
+}
+#: Largest relative difference (max |a - b| / max |b|) a gradient may have.
+RTOL = 1e-5
+#: Node type of ``SameDepthwiseConv2d`` in the autograd graph.
+ROUTED_NODE = 'SameDepthwiseConv2dBackward'
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    """``max |a - b| / max |b|`` (the size of ``b`` sets the scale)."""
+    scale = b.abs().max().clamp_min(torch.finfo(b.dtype).tiny)
+    return ((a - b).abs().max() / scale).item()
+
+
+def assert_gradients_close(ours: Dict[str, torch.Tensor],
+                           plain: Dict[str, torch.Tensor],
+                           rtol: float = RTOL) -> None:
+    """Every gradient in ``ours`` is within ``rtol`` of plain autograd's,
+    relative to the largest plain value of that tensor."""
+    assert ours.keys() == plain.keys()
+    errors = {}
+    for name, grad in plain.items():
+        assert grad is not None and ours[name] is not None, name
+        assert ours[name].shape == grad.shape, name
+        errors[name] = relative_error(ours[name], grad)
+    worst = max(errors, key=errors.get)
+    assert errors[worst] <= rtol, (worst, errors[worst])
+
+
+def set_machinery(monkeypatch, enabled: bool) -> None:
+    """Turn the backbones' recomputation and depthwise routing on or off."""
+    monkeypatch.setattr(base, 'saves_memory_here',
+                        saves_memory_here if enabled else lambda: False)
+    monkeypatch.setattr(
+        base, 'convolves_depthwise_grads_here',
+        convolves_depthwise_grads_here if enabled else lambda x: False)
+
+
+def perturbed(model: nn.Module) -> nn.Module:
+    """Move norm affines, BatchNorm statistics and conv biases away from
+    their initial values (zero biases hide a wrong bias gradient path)."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.LayerNorm):
+                module.weight.add_(torch.randn_like(module.weight), alpha=.2)
+                module.bias.add_(torch.randn_like(module.bias), alpha=.2)
+            elif isinstance(module, nn.BatchNorm2d):
+                module.running_mean.normal_(0., .2)
+                module.running_var.uniform_(.5, 2.)
+            elif isinstance(module, nn.Conv2d) and module.bias is not None:
+                module.bias.normal_(0., .1)
+    return model
+
+
+def with_batchnorm_statistics(model: nn.Module) -> nn.Module:
+    """Training mode (drop path active) with every BatchNorm normalising
+    by its running statistics.
+
+    A training-mode BatchNorm makes the gradient of the conv bias before
+    it a sum that cancels to (nearly) zero: float32 plain autograd is then
+    itself up to ~2e-4 away from float64, and no two float32 summation
+    orders agree to 1e-5. :func:`test_batch_statistics_gradients_are_as_exact`
+    covers that case against float64.
+    """
+    model.train()
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.eval()
+    return model
+
+
+def graph_nodes(outputs: Tuple[torch.Tensor, ...]) -> List[object]:
+    """Every node of the autograd graph behind ``outputs``."""
+    seen, stack = {}, [o.grad_fn for o in outputs if o.grad_fn is not None]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen[id(node)] = node
+        stack.extend(n for n, _ in node.next_functions if n is not None)
+    return list(seen.values())
+
+
+def is_routable_conv(node: object) -> bool:
+    """Whether a node is a plain ``ConvolutionBackward0`` of a grouped
+    stride-1 conv padded by 2 or more (in these backbones: a 'same'
+    depthwise conv of 5x5 or more, one the routing should take). Read from
+    the node's non-tensor attributes: reading its saved tensors would
+    recompute checkpointed blocks."""
+    return (type(node).__name__ == 'ConvolutionBackward0'
+            and node._saved_groups > 1
+            and tuple(node._saved_stride) == (1, 1)
+            and tuple(node._saved_dilation) == (1, 1)
+            and min(node._saved_padding) >= 2
+            and not node._saved_transposed)
+
+
+def training_step(model: nn.Module, x: torch.Tensor, seed: int = 1):
+    """Forward and backward of a weighted loss. Returns the outputs, the
+    gradients (``'input'`` and every parameter), and the numbers of routed
+    and of plain routable conv nodes in the graph and of routed nodes
+    that ran backward."""
+    model.zero_grad(set_to_none=True)
+    inputs = x.clone().requires_grad_()
+    torch.manual_seed(seed)  # the same drop-path masks in every run
+    outs = model(inputs)
+    nodes = graph_nodes(outs)
+    routed = [n for n in nodes if type(n).__name__ == ROUTED_NODE]
+    plain = sum(map(is_routable_conv, nodes))
+    ran = []
+    for node in routed:
+        node.register_hook(lambda grad_inputs, grad_outputs: ran.append(1))
+    sum((o * (i + 1)).sum() for i, o in enumerate(outs)).backward()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    grads['input'] = inputs.grad
+    return ([o.detach() for o in outs], grads,
+            dict(routed=len(routed), plain=plain, ran=len(ran)))
+
+
+# ------------------------------------------------------------ backbones
+@pytest.mark.parametrize('with_cp', [False, True], ids=['plain', 'with_cp'])
+@pytest.mark.parametrize('drop_path_rate', [0., .3], ids=['dp0', 'dp.3'])
+@pytest.mark.parametrize('name', list(FAMILIES))
+def test_gradients_equal_plain_autograd(name, drop_path_rate, with_cp,
+                                        monkeypatch):
+    cls, arch = FAMILIES[name]
+    torch.manual_seed(0)
+    model = cls(arch=arch, drop_path_rate=drop_path_rate, with_cp=with_cp)
+    model.init_weights()
+    with_batchnorm_statistics(perturbed(model))
+    x = torch.randn(2, 3, 61, 45)
+    set_machinery(monkeypatch, False)
+    outs_plain, plain, nodes_plain = training_step(model, x)
+    set_machinery(monkeypatch, True)
+    outs, ours, nodes = training_step(model, x)
+    # L2ViT: two 7x7 LCM convs per LGA block; the InLine families have
+    # 3x3 depthwise convs only (their backward stays oneDNN's)
+    expected = {'l2vit': 8, 'inline_pvt': 0, 'inline_swin': 0}[name]
+    assert nodes_plain == dict(routed=0, plain=expected, ran=0)
+    assert nodes == dict(routed=expected, plain=0, ran=expected)
+    for out, out_plain in zip(outs, outs_plain):
+        torch.testing.assert_close(out, out_plain, rtol=0, atol=0)
+    assert_gradients_close(ours, plain)
+
+
+def test_batch_statistics_gradients_are_as_exact(monkeypatch):
+    """L2ViT with training-mode BatchNorms (stem, LCM): each gradient is
+    within RTOL of plain autograd's, except where float32 plain autograd is
+    itself farther than RTOL from float64 (the LCM's conv1 bias); there
+    ours is as close to float64 as plain autograd's, within a factor 3
+    (measured: 0.4-1.7 over six seeds). Gradients that are zero in exact
+    arithmetic (the stem conv biases) are float32 noise in both."""
+    cls, arch = FAMILIES['l2vit']
+    torch.manual_seed(0)
+    model = cls(arch=arch, drop_path_rate=.1)
+    model.init_weights()
+    perturbed(model).train()
+    x = torch.randn(2, 3, 61, 45)
+    set_machinery(monkeypatch, False)
+    _, plain, _ = training_step(model, x)
+    _, exact, _ = training_step(copy.deepcopy(model).double(), x.double())
+    set_machinery(monkeypatch, True)
+    _, ours, nodes = training_step(model, x)
+    assert nodes['ran'] == nodes['routed'] > 0
+    top = max(g.abs().max().item() for g in exact.values())
+    cancelled = []
+    for name, grad in exact.items():
+        if grad.abs().max() <= 1e-9 * top:
+            assert ours[name].abs().max() <= RTOL * top, name
+            plain.pop(name), ours.pop(name)
+        elif relative_error(plain[name].double(), grad) > RTOL:
+            cancelled.append(name)
+            assert relative_error(ours[name].double(), grad) <= 3 * \
+                relative_error(plain[name].double(), grad), name
+            plain.pop(name), ours.pop(name)
+    assert cancelled and all(n.endswith('local_mp.conv1.bias')
+                             for n in cancelled), cancelled
+    assert_gradients_close(ours, plain)
+
+
+def test_routing_is_chosen_by_device_and_autograd():
+    x = torch.randn(1, 3, 8, 8)
+    assert convolves_depthwise_grads_here(x)
+    assert not convolves_depthwise_grads_here(x.to('meta'))
+    with torch.no_grad():
+        assert not convolves_depthwise_grads_here(x)
+
+
+@pytest.mark.filterwarnings('ignore:`torch.jit.trace` is deprecated')
+def test_no_routing_while_tracing():
+    seen = []
+
+    def fn(x):
+        seen.append(convolves_depthwise_grads_here(x))
+        return x * 2
+
+    torch.jit.trace(fn, torch.randn(3), check_trace=False)
+    assert seen == [False]
+
+
+def test_backbone_forward_turns_the_routing_on(monkeypatch):
+    cls, arch = FAMILIES['l2vit']
+    model = cls(arch=arch, inference='reference').train()
+    x = torch.randn(1, 3, 64, 64)
+    outs = model(x)
+    assert any(type(n).__name__ == ROUTED_NODE for n in graph_nodes(outs))
+    monkeypatch.setattr(base, 'convolves_depthwise_grads_here',
+                        lambda x: False)
+    outs = model(x)
+    assert not any(type(n).__name__ == ROUTED_NODE
+                   for n in graph_nodes(outs))
+
+
+# ------------------------------------------------------------ the Function
+@pytest.mark.parametrize('shape, kernel', [
+    ((2, 3, 7, 5), (3, 3)),
+    ((1, 4, 6, 9), (7, 7)),
+    ((2, 2, 5, 4), (5, 3)),
+    ((1, 2, 3, 2), (7, 7)),  # kernel larger than the map
+])
+@pytest.mark.parametrize('bias', [True, False], ids=['bias', 'no-bias'])
+@pytest.mark.parametrize('band_rows', [32, 2], ids=['one-band', 'bands'])
+def test_function_gradients_are_exact(shape, kernel, bias, band_rows,
+                                      monkeypatch):
+    """Float64 gradcheck (and gradgradcheck: the backward is made of
+    differentiable ops) with the weight gradient in one band or in bands
+    of 2 rows (halo rows from the neighbours and zero padding)."""
+    monkeypatch.setattr(memory, 'WEIGHT_GRAD_BAND_ROWS', band_rows)
+    torch.manual_seed(0)
+    channels = shape[1]
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(channels, 1, *kernel, dtype=torch.float64,
+                         requires_grad=True)
+    b = (torch.randn(channels, dtype=torch.float64, requires_grad=True)
+         if bias else None)
+    assert torch.autograd.gradcheck(SameDepthwiseConv2d.apply, (x, weight, b))
+    assert torch.autograd.gradgradcheck(SameDepthwiseConv2d.apply,
+                                        (x, weight, b))
+
+
+def _conv_grads(conv_fn, x: torch.Tensor, weight: torch.Tensor,
+                bias: torch.Tensor, grad_out: torch.Tensor
+                ) -> Dict[str, torch.Tensor]:
+    out = conv_fn(x, weight, bias)
+    names = ('input', 'weight', 'bias')
+    return dict(zip(names, torch.autograd.grad(out, (x, weight, bias),
+                                               grad_out)))
+
+
+def _plain_conv(x, weight, bias):
+    return F.conv2d(x, weight, bias, 1, (weight.shape[-2] // 2,
+                                         weight.shape[-1] // 2), 1,
+                    weight.shape[0])
+
+
+class _TransposedWeightGrad(SameDepthwiseConv2d):
+    """A deliberately wrong gradient: the weight gradient's (kh, kw) axes
+    swapped (the bug a wrong argument order in the correlation makes)."""
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        grad_input, grad_weight, grad_bias = SameDepthwiseConv2d.backward(
+            ctx, grad_output)
+        return grad_input, grad_weight.transpose(-2, -1), grad_bias
+
+
+@pytest.mark.parametrize('height', [23, 71], ids=['one-band', 'bands'])
+@pytest.mark.parametrize('memory_format', ['channels_last', 'contiguous'])
+def test_function_equals_plain_autograd_and_a_wrong_one_fails(
+        memory_format, height):
+    """Float32 on channels-last NCHW views (as the blocks call it) and
+    contiguous maps: within RTOL of plain autograd; a wrong weight
+    gradient is far outside it."""
+    torch.manual_seed(0)
+    x = torch.randn(2, height, 31, 48)  # (B, H, W, C), odd sizes
+    x = (x.permute(0, 3, 1, 2) if memory_format == 'channels_last' else
+         x.permute(0, 3, 1, 2).contiguous()).requires_grad_()
+    weight = torch.randn(48, 1, 7, 7, requires_grad=True)
+    bias = torch.randn(48, requires_grad=True)
+    grad_out = torch.randn(2, 48, height, 31)
+    plain = _conv_grads(_plain_conv, x, weight, bias, grad_out)
+    ours = _conv_grads(SameDepthwiseConv2d.apply, x, weight, bias, grad_out)
+    assert_gradients_close(ours, plain)
+    wrong = _conv_grads(_TransposedWeightGrad.apply, x, weight, bias,
+                        grad_out)
+    assert relative_error(wrong['weight'], plain['weight']) > 1e-2
+    with pytest.raises(AssertionError, match='weight'):
+        assert_gradients_close(wrong, plain)
+
+
+@pytest.mark.parametrize('call', [
+    'module', 'kwargs', 'same-string', 'no-bias', 'rectangular-kernel',
+    'float64'
+])
+def test_depthwise_calls_are_routed(call):
+    torch.manual_seed(0)
+    x = torch.randn(1, 8, 9, 11, requires_grad=True)
+    conv = nn.Conv2d(8, 8, 5, padding=2, groups=8)
+    weight, bias = conv.weight, conv.bias
+    with depthwise_grads_as_convs():
+        if call == 'module':
+            out = conv(x)
+        elif call == 'kwargs':
+            out = F.conv2d(input=x, weight=weight, bias=bias, padding=2,
+                           groups=8)
+        elif call == 'same-string':
+            out = F.conv2d(x, weight, bias, padding='same', groups=8)
+        elif call == 'no-bias':
+            out = F.conv2d(x, weight, None, 1, 2, 1, 8)
+        elif call == 'rectangular-kernel':
+            weight = torch.randn(8, 1, 5, 7, requires_grad=True)
+            out = F.conv2d(x, weight, bias, 1, (2, 3), 1, 8)
+        else:
+            x, weight, bias = x.double(), weight.double(), bias.double()
+            out = F.conv2d(x, weight, bias, 1, 2, 1, 8)
+    assert type(out.grad_fn).__name__ == ROUTED_NODE
+    torch.testing.assert_close(out, _plain_conv(x, weight, bias if call !=
+                                                'no-bias' else None),
+                               rtol=0, atol=0)
+
+
+@pytest.mark.parametrize('call', [
+    'dense', 'stride-2', 'dilated', 'valid-padding', 'even-kernel', '3x3',
+    'rectangular-3x5',
+    'reflect-padding', 'no-grad', 'inputs-without-grad', 'bfloat16',
+    'autocast', 'unbatched', 'channel-multiplier'
+])
+def test_other_convs_run_as_they_are(call):
+    torch.manual_seed(0)
+    x = torch.randn(1, 8, 9, 11, requires_grad=True)
+    w = torch.randn(8, 1, 5, 5, requires_grad=True)
+    with depthwise_grads_as_convs():
+        if call == 'dense':
+            out = F.conv2d(x, torch.randn(8, 8, 5, 5), None, 1, 2)
+        elif call == 'stride-2':
+            out = F.conv2d(x, w, None, 2, 2, 1, 8)
+        elif call == 'dilated':
+            out = F.conv2d(x, w, None, 1, 4, 2, 8)
+        elif call == 'valid-padding':
+            out = F.conv2d(x, w, None, 1, 0, 1, 8)
+        elif call == 'even-kernel':
+            out = F.conv2d(x, torch.randn(8, 1, 6, 6), None, 1, 3, 1, 8)
+        elif call == '3x3':  # oneDNN's 3x3 backward is the faster one
+            out = F.conv2d(x, torch.randn(8, 1, 3, 3), None, 1, 1, 1, 8)
+        elif call == 'rectangular-3x5':  # 15 taps, under 5x5
+            out = F.conv2d(x, torch.randn(8, 1, 3, 5), None, 1, (1, 2), 1,
+                           8)
+        elif call == 'reflect-padding':
+            out = nn.Conv2d(8, 8, 5, padding=2, groups=8,
+                            padding_mode='reflect')(x)
+        elif call == 'no-grad':
+            with torch.no_grad():
+                out = F.conv2d(x, w, None, 1, 2, 1, 8)
+        elif call == 'inputs-without-grad':
+            out = F.conv2d(x.detach(), w.detach(), None, 1, 2, 1, 8)
+        elif call == 'bfloat16':
+            out = F.conv2d(x.bfloat16(), w.bfloat16(), None, 1, 2, 1, 8)
+        elif call == 'autocast':
+            with torch.autocast('cpu', dtype=torch.bfloat16):
+                out = F.conv2d(x, w, None, 1, 2, 1, 8)
+        elif call == 'unbatched':
+            out = F.conv2d(x[0], w, None, 1, 2, 1, 8)
+        else:  # two outputs per input channel
+            out = F.conv2d(x, torch.randn(16, 1, 5, 5), None, 1, 2, 1, 8)
+    assert out.grad_fn is None or type(out.grad_fn).__name__ != ROUTED_NODE
+
+
+# ------------------------------------------------------------ memory
+def _saved_bytes(fn) -> int:
+    """Bytes of the distinct storages autograd keeps while ``fn`` runs."""
+    storages = {}
+
+    def count(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage(
+        ).nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(count, lambda t: t):
+        fn()
+    return sum(storages.values())
+
+
+@pytest.mark.parametrize('kernel_size', [5, 7])
+def test_keeps_what_plain_autograd_keeps(kernel_size):
+    torch.manual_seed(0)
+    block = LocalConcentration(32, kernel_size)
+    x = torch.randn(1, 40, 40, 32, requires_grad=True)
+
+    def step():
+        return block(x)
+
+    plain = _saved_bytes(step)
+    with depthwise_grads_as_convs():
+        ours = _saved_bytes(step)
+        routed = step()
+    assert ROUTED_NODE in {type(n).__name__ for n in graph_nodes((routed, ))}
+    assert ours == plain
+
+
+@pytest.mark.parametrize('name', list(FAMILIES))
+def test_training_step_peak_is_not_higher(name, monkeypatch):
+    cls, arch = FAMILIES[name]
+    torch.manual_seed(0)
+    model = cls(arch=arch)
+    model.init_weights()
+    model.train()
+    x = torch.randn(1, 3, 192, 160)
+    peaks = {}
+    for routed in (False, True):
+        monkeypatch.setattr(
+            base, 'convolves_depthwise_grads_here',
+            convolves_depthwise_grads_here if routed else lambda x: False)
+        model.zero_grad(set_to_none=True)
+        with LiveTensorPeak() as tracker:
+            outs = model(x)
+            sum(o.sum() for o in outs).backward()
+        del outs
+        peaks[routed] = tracker.peak_bytes
+    assert peaks[True] <= peaks[False], peaks  # measured: equal
