@@ -13,6 +13,7 @@ from ...registry import register_into_toolboxes
 from ..layers.common import BlockStack, drop_path_rates
 from ..layers.l2vit_attention import DENOMINATOR_FLOOR, LinearAttention
 from ..layers.l2vit_blocks import Downsample, LGABlock, LWABlock, StemEmbed
+from .base import DenseBackbone, check_stage_lists, resolve_arch
 
 #: Block kinds of each ``block_pattern``: ``'L'`` local window attention,
 #: ``'G'`` linear global attention with the LCM, by block index ``j``.
@@ -21,7 +22,6 @@ BLOCK_PATTERNS = {
     'local': lambda j: 'L',
     'global': lambda j: 'G',
 }
-from .base import DenseBackbone, check_stage_lists, resolve_arch
 
 
 @register_into_toolboxes()
@@ -46,8 +46,8 @@ class L2ViT(DenseBackbone):
         in_channels (int): Image channels. Default: 3.
         drop_path_rate (float): Stochastic depth rate. Default: 0.1.
         lcm_kernel_size (int): Ablation switch: kernel of the LCM's two
-            depthwise convs (official 7; 3 and 5 are the paper's
-            alternatives); ``0`` removes the LCM branch and its ``norm3``.
+            depthwise convs (official 7; any odd size, e.g. 3 or
+            5); ``0`` removes the LCM branch and its ``norm3``.
             Default: 7.
         block_pattern (str): Ablation switch: ``'alternating'`` (official
             L, G, L, G ...), ``'local'`` (every block local window
