@@ -9,13 +9,13 @@ modules, which the backbone turns on in one place, its ``forward``.
 
 Memory. Autograd keeps the input of every Linear (and of the LCM's
 BatchNorm) for backward. After a LayerNorm or a GELU that input is a
-full-size map of its own, although the LayerNorm's input and statistics (or the
-GELU's input) are kept anyway, by the norm's (or the GELU's) own backward.
-Inside :func:`recompute_norms_and_gelus`, a saved tensor that is such an
-output, or a view of one, is stored as a recipe (those tensors autograd
-keeps anyway) and recomputed when backward needs it: one cheap elementwise
-pass instead of one full-size map per pre-norm and per MLP held from forward
-to backward.
+full-size map of its own, although the LayerNorm's input and statistics (or
+the GELU's input) are kept anyway, by the norm's (or the GELU's) own
+backward. Inside :func:`recompute_norms_and_gelus`, a saved tensor that is
+such an output, or a view of one, is stored as a recipe (those tensors
+autograd keeps anyway) and recomputed when backward needs it: one cheap
+elementwise pass instead of one full-size map per pre-norm and per MLP held
+from forward to backward.
 
 The model code stays the plain computation (``fc2(gelu(fc1(norm(x))))``);
 the backbone turns this on in one place, its ``forward``, whenever autograd
