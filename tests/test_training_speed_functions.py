@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmdet_l2vit import InLinePVT, InLineSwin, L2ViT
 from mmdet_l2vit.analysis.live_memory import LiveTensorPeak
 from mmdet_l2vit.models.backbones import base
 from mmdet_l2vit.models.layers import memory
@@ -26,17 +25,9 @@ from mmdet_l2vit.models.layers.memory import (SameDepthwiseConv2d,
                                               depthwise_grads_as_convs,
                                               saves_memory_here)
 
-FAMILIES = {
-    'l2vit': (L2ViT, dict(embed_dims=[16, 32, 64, 128], depths=[2, 2, 2, 2],
-                          num_heads=[1, 2, 4, 8])),
-    'inline_pvt': (InLinePVT, dict(embed_dims=[16, 32, 64, 128],
-                                   depths=[1, 1, 1, 1],
-                                   num_heads=[1, 2, 4, 8],
-                                   mlp_ratios=[8, 8, 4, 4])),
-    'inline_swin': (InLineSwin, dict(embed_dims=16, depths=[2, 2, 2, 2],
-                                     num_heads=[1, 2, 4, 8],
-                                     attn_types='MSIS1')),
-}
+# the small archs of the training-memory tests
+from test_training_memory import FAMILIES  # noqa: E402
+
 #: Largest relative difference (max |a - b| / max |b|) a gradient may have.
 RTOL = 1e-5
 #: Node type of ``SameDepthwiseConv2d`` in the autograd graph.
