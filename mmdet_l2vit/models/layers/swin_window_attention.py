@@ -12,7 +12,7 @@ non-persistent buffer (recomputed, never saved), and tables of a different
 window size are resized bicubically when a state dict is loaded.
 """
 import logging
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -202,6 +202,18 @@ class SwinWindowAttention(nn.Module):
         bias = bias + mask.unsqueeze(1)  # (nW, h, N, N)
         return bias.repeat(batch, 1, 1, 1) if batch > 1 else bias
 
+    def windowed_map(self, x: torch.Tensor) -> Tuple[torch.Tensor, int]:
+        """The map the windows partition: (B, H, W, C) zero-padded right and
+        bottom to multiples of the window, rolled by ``-shift`` when
+        shifted; returned with the shift (0: none)."""
+        H, W = x.shape[1:3]
+        ws = self.window_size
+        shift = self.effective_shift(H, W)
+        x = F.pad(x, (0, 0, 0, -W % ws, 0, -H % ws))
+        if shift:
+            x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
+        return x, shift
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Args:
             x (Tensor): (B, H, W, C), already normalised.
@@ -210,13 +222,9 @@ class SwinWindowAttention(nn.Module):
             Tensor: (B, H, W, C).
         """
         B, H, W, C = x.shape
-        ws = self.window_size
-        shift = self.effective_shift(H, W)
-        x = F.pad(x, (0, 0, 0, -W % ws, 0, -H % ws))
+        x, shift = self.windowed_map(x)
         Hp, Wp = x.shape[1:3]
-        if shift:
-            x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
-        out = window_sdpa(self.qkv(x), ws, self.num_heads,
+        out = window_sdpa(self.qkv(x), self.window_size, self.num_heads,
                           self.attention_bias(Hp, Wp, shift, B), self.scale)
         if shift:
             out = torch.roll(out, shifts=(shift, shift), dims=(1, 2))
@@ -242,13 +250,9 @@ class SwinWindowAttention(nn.Module):
             reach over padding sum to less than 1.
         """
         H, W = x.shape[1:3]
-        ws = self.window_size
-        shift = self.effective_shift(H, W)
-        x = F.pad(x, (0, 0, 0, -W % ws, 0, -H % ws))
+        x, shift = self.windowed_map(x)
         Hp, Wp = x.shape[1:3]
-        if shift:
-            x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
-        return window_softmax_rows(self.qkv(x), (H, W), ws, self.num_heads,
-                                   queries, scale=self.scale,
+        return window_softmax_rows(self.qkv(x), (H, W), self.window_size,
+                                   self.num_heads, queries, scale=self.scale,
                                    bias=self.attention_bias(Hp, Wp, shift, 1),
                                    shift=shift)
