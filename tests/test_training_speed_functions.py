@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmdet_l2vit.analysis.live_memory import LiveTensorPeak
 from mmdet_l2vit.models.backbones import base
 from mmdet_l2vit.models.layers import memory
 from mmdet_l2vit.models.layers.l2vit_blocks import LocalConcentration
@@ -26,7 +25,8 @@ from mmdet_l2vit.models.layers.memory import (SameDepthwiseConv2d,
                                               saves_memory_here)
 
 # the small archs of the training-memory tests
-from test_training_memory import FAMILIES  # noqa: E402
+from test_training_memory import (FAMILIES,  # noqa: E402
+                                  training_step_peaks)
 
 #: Largest relative difference (max |a - b| / max |b|) a gradient may have.
 RTOL = 1e-5
@@ -427,21 +427,11 @@ def test_keeps_what_plain_autograd_keeps(kernel_size):
 
 @pytest.mark.parametrize('name', list(FAMILIES))
 def test_training_step_peak_is_not_higher(name, monkeypatch):
-    cls, arch = FAMILIES[name]
-    torch.manual_seed(0)
-    model = cls(arch=arch)
-    model.init_weights()
-    model.train()
-    x = torch.randn(1, 3, 192, 160)
-    peaks = {}
-    for routed in (False, True):
+
+    def route(enabled: bool) -> None:
         monkeypatch.setattr(
             base, 'convolves_depthwise_grads_here',
-            convolves_depthwise_grads_here if routed else lambda x: False)
-        model.zero_grad(set_to_none=True)
-        with LiveTensorPeak() as tracker:
-            outs = model(x)
-            sum(o.sum() for o in outs).backward()
-        del outs
-        peaks[routed] = tracker.peak_bytes
+            convolves_depthwise_grads_here if enabled else lambda x: False)
+
+    peaks = training_step_peaks(name, route)
     assert peaks[True] <= peaks[False], peaks  # measured: equal
