@@ -97,8 +97,10 @@ def test_checkpoint_report_and_values(r1, reference_file):
 def inline_oracle(attn: InLineAttention, x: torch.Tensor,
                   kernel_func: str = 'identity') -> torch.Tensor:
     """Explicit N x N InLine weights plus the official B*C-group conv, in
-    float64, written independently of the implementation."""
-    attn = copy.deepcopy(attn).double()
+    float64, written independently of the implementation (on a float64
+    copy of ``attn``, or on ``attn`` itself if it is float64)."""
+    if attn.proj.weight.dtype != torch.float64:
+        attn = copy.deepcopy(attn).double()
     x = x.double()
     B, H, W, C = x.shape
     N, h = H * W, attn.num_heads
@@ -140,6 +142,49 @@ def test_inline_attention_equals_explicit_weights(kernel_func):
         out32 = attn.float()(x)
     torch.testing.assert_close(out64, reference, rtol=0, atol=1e-10)
     torch.testing.assert_close(out32.double(), reference, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize('layout', ['q_kv', 'qkv'])
+def test_inline_attention_gradients_equal_explicit_weights(layout):
+    """Input and parameter gradients of the linear-time maths (float32)
+    against autograd through the explicit N x N weights (float64)."""
+    torch.manual_seed(0)
+    attn = InLineAttention(24, 3, qkv_layout=layout)
+    for module in attn.modules():
+        if isinstance(module, (nn.Linear, nn.Conv1d)):
+            nn.init.normal_(module.weight, std=0.3)
+            nn.init.normal_(module.bias, std=0.3)
+    x = torch.randn(2, 5, 7, 24)
+    weights = torch.randn(2, 5, 7, 24)
+
+    def gradients(module, inputs, run):
+        inputs = inputs.clone().requires_grad_()
+        module.zero_grad(set_to_none=True)
+        (run(module, inputs) * weights.to(inputs.dtype)).sum().backward()
+        return [inputs.grad] + [p.grad for p in module.parameters()]
+
+    oracle64 = copy.deepcopy(attn).double()
+    if layout == 'qkv':  # the oracle reads q and kv projections
+        q_kv = InLineAttention(24, 3, qkv_layout='q_kv').double()
+        q_kv.load_state_dict(dict(
+            {k: v for k, v in oracle64.state_dict().items()
+             if not k.startswith('qkv')},
+            **{'q.weight': oracle64.qkv.weight[:24],
+               'q.bias': oracle64.qkv.bias[:24],
+               'kv.weight': oracle64.qkv.weight[24:],
+               'kv.bias': oracle64.qkv.bias[24:]}))
+        oracle64 = q_kv
+    reference = gradients(oracle64, x.double(),
+                          lambda m, t: inline_oracle(m, t, 'identity'))
+    ours = gradients(attn, x, lambda m, t: m(t))
+    if layout == 'qkv':  # q and kv gradients stacked as qkv's
+        reference = reference[:1] + [torch.cat([reference[1], reference[3]]),
+                                     torch.cat([reference[2], reference[4]])
+                                     ] + reference[5:]
+    assert len(ours) == len(reference)
+    for grad, expected in zip(ours, reference):
+        error = (grad.double() - expected).abs().max() / expected.abs().max()
+        assert error <= 1e-5, error
 
 
 def test_constant_values_pass_through_global_term():

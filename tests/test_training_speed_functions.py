@@ -1,12 +1,13 @@
-"""Training speed: depthwise conv gradients computed by forward convs.
+"""Training speed: the backward routes of the CPU.
 
-Inside ``depthwise_grads_as_convs`` (turned on by the backbones' forward on
+Inside ``cpu_backward_routes`` (turned on by the backbones' forward on
 the CPU whenever autograd records) stride-1 'same' depthwise ``F.conv2d``
 calls with kernels of at least 5x5 (L²ViT's LCM) run as
-``SameDepthwiseConv2d``. Its outputs must be those of the
-plain conv, its gradients those of plain autograd (to float32 rounding),
-it must really run, and it must keep no more for backward than the plain
-conv does.
+``SameDepthwiseConv2d`` (gradients from forward convs) and every MLP's
+``fc2(gelu(h))`` as ``GeluLinear`` (backward in row chunks). Their outputs
+must be those of the plain ops, their gradients those of plain autograd (to
+float32 rounding), they must really run, and they must keep no more for
+backward than the plain ops do.
 """
 import copy
 from typing import Dict, List, Tuple
@@ -19,9 +20,11 @@ from torch import nn
 from mmdet_l2vit.models.backbones import base
 from mmdet_l2vit.models.layers import memory
 from mmdet_l2vit.models.layers.l2vit_blocks import LocalConcentration
-from mmdet_l2vit.models.layers.memory import (SameDepthwiseConv2d,
-                                              convolves_depthwise_grads_here,
-                                              depthwise_grads_as_convs,
+from mmdet_l2vit.models.layers.common import Mlp
+from mmdet_l2vit.models.layers.memory import (GeluLinear,
+                                              SameDepthwiseConv2d,
+                                              routes_backward_here,
+                                              cpu_backward_routes,
                                               saves_memory_here)
 
 # the small archs of the training-memory tests
@@ -32,6 +35,8 @@ from test_training_memory import (FAMILIES,  # noqa: E402
 RTOL = 1e-5
 #: Node type of ``SameDepthwiseConv2d`` in the autograd graph.
 ROUTED_NODE = 'SameDepthwiseConv2dBackward'
+#: Node type of ``GeluLinear``.
+GELU_LINEAR_NODE = 'GeluLinearBackward'
 
 
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -60,8 +65,8 @@ def set_machinery(monkeypatch, enabled: bool) -> None:
     monkeypatch.setattr(base, 'saves_memory_here',
                         saves_memory_here if enabled else lambda: False)
     monkeypatch.setattr(
-        base, 'convolves_depthwise_grads_here',
-        convolves_depthwise_grads_here if enabled else lambda x: False)
+        base, 'routes_backward_here',
+        routes_backward_here if enabled else lambda x: False)
 
 
 def perturbed(model: nn.Module) -> nn.Module:
@@ -126,8 +131,8 @@ def is_routable_conv(node: object) -> bool:
 def training_step(model: nn.Module, x: torch.Tensor, seed: int = 1):
     """Forward and backward of a weighted loss. Returns the outputs, the
     gradients (``'input'`` and every parameter), and the numbers of routed
-    and of plain routable conv nodes in the graph and of routed nodes
-    that ran backward."""
+    and of plain routable conv nodes in the graph, of routed conv nodes
+    that ran backward, and of ``GeluLinear`` nodes that ran backward."""
     model.zero_grad(set_to_none=True)
     inputs = x.clone().requires_grad_()
     torch.manual_seed(seed)  # the same drop-path masks in every run
@@ -135,14 +140,19 @@ def training_step(model: nn.Module, x: torch.Tensor, seed: int = 1):
     nodes = graph_nodes(outs)
     routed = [n for n in nodes if type(n).__name__ == ROUTED_NODE]
     plain = sum(map(is_routable_conv, nodes))
-    ran = []
+    ran, gelu_linear_ran = [], []
     for node in routed:
         node.register_hook(lambda grad_inputs, grad_outputs: ran.append(1))
+    for node in nodes:
+        if type(node).__name__ == GELU_LINEAR_NODE:
+            node.register_hook(
+                lambda grad_inputs, grad_outputs: gelu_linear_ran.append(1))
     sum((o * (i + 1)).sum() for i, o in enumerate(outs)).backward()
     grads = {n: p.grad for n, p in model.named_parameters()}
     grads['input'] = inputs.grad
     return ([o.detach() for o in outs], grads,
-            dict(routed=len(routed), plain=plain, ran=len(ran)))
+            dict(routed=len(routed), plain=plain, ran=len(ran),
+                 gelu_linear=len(gelu_linear_ran)))
 
 
 # ------------------------------------------------------------ backbones
@@ -164,8 +174,11 @@ def test_gradients_equal_plain_autograd(name, drop_path_rate, with_cp,
     # L2ViT: two 7x7 LCM convs per LGA block; the InLine families have
     # 3x3 depthwise convs only (their backward stays oneDNN's)
     expected = {'l2vit': 8, 'inline_pvt': 0, 'inline_swin': 0}[name]
-    assert nodes_plain == dict(routed=0, plain=expected, ran=0)
-    assert nodes == dict(routed=expected, plain=0, ran=expected)
+    mlps = sum(isinstance(m, Mlp) for m in model.modules())
+    assert nodes_plain == dict(routed=0, plain=expected, ran=0,
+                               gelu_linear=0)
+    assert nodes == dict(routed=expected, plain=0, ran=expected,
+                         gelu_linear=mlps)
     for out, out_plain in zip(outs, outs_plain):
         torch.testing.assert_close(out, out_plain, rtol=0, atol=0)
     assert_gradients_close(ours, plain)
@@ -208,10 +221,10 @@ def test_batch_statistics_gradients_are_as_exact(monkeypatch):
 
 def test_routing_is_chosen_by_device_and_autograd():
     x = torch.randn(1, 3, 8, 8)
-    assert convolves_depthwise_grads_here(x)
-    assert not convolves_depthwise_grads_here(x.to('meta'))
+    assert routes_backward_here(x)
+    assert not routes_backward_here(x.to('meta'))
     with torch.no_grad():
-        assert not convolves_depthwise_grads_here(x)
+        assert not routes_backward_here(x)
 
 
 @pytest.mark.filterwarnings('ignore:`torch.jit.trace` is deprecated')
@@ -219,7 +232,7 @@ def test_no_routing_while_tracing():
     seen = []
 
     def fn(x):
-        seen.append(convolves_depthwise_grads_here(x))
+        seen.append(routes_backward_here(x))
         return x * 2
 
     torch.jit.trace(fn, torch.randn(3), check_trace=False)
@@ -232,7 +245,7 @@ def test_backbone_forward_turns_the_routing_on(monkeypatch):
     x = torch.randn(1, 3, 64, 64)
     outs = model(x)
     assert any(type(n).__name__ == ROUTED_NODE for n in graph_nodes(outs))
-    monkeypatch.setattr(base, 'convolves_depthwise_grads_here',
+    monkeypatch.setattr(base, 'routes_backward_here',
                         lambda x: False)
     outs = model(x)
     assert not any(type(n).__name__ == ROUTED_NODE
@@ -264,6 +277,88 @@ def test_function_gradients_are_exact(shape, kernel, bias, band_rows,
     assert torch.autograd.gradcheck(SameDepthwiseConv2d.apply, (x, weight, b))
     assert torch.autograd.gradgradcheck(SameDepthwiseConv2d.apply,
                                         (x, weight, b))
+
+
+# ----------------------------------------------------- GeluLinear
+@pytest.mark.parametrize('approximate', ['none', 'tanh'])
+@pytest.mark.parametrize('bias', [True, False], ids=['bias', 'no-bias'])
+@pytest.mark.parametrize('chunk_elements', [2**19, 20],
+                         ids=['one-chunk', 'chunks'])
+def test_gelu_linear_gradients_are_exact(approximate, bias, chunk_elements,
+                                         monkeypatch):
+    """Float64 gradcheck in one chunk and in chunks of 2 rows (and an odd
+    last chunk: 7 rows of 10 hidden features)."""
+    monkeypatch.setattr(memory, 'GELU_LINEAR_CHUNK_ELEMENTS', chunk_elements)
+    torch.manual_seed(0)
+    hidden = torch.randn(7, 10, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(3, 10, dtype=torch.float64, requires_grad=True)
+    b = (torch.randn(3, dtype=torch.float64, requires_grad=True)
+         if bias else None)
+
+    def fn(hidden, weight, b):
+        activated = F.gelu(hidden, approximate=approximate).detach()
+        return GeluLinear.apply(hidden, activated, weight, b, approximate)
+
+    assert torch.autograd.gradcheck(fn, (hidden, weight, b))
+
+
+@pytest.mark.parametrize('chunk_elements', [2**19, 96],
+                         ids=['one-chunk', 'chunks'])
+def test_mlp_equals_plain_autograd_and_a_wrong_one_fails(chunk_elements,
+                                                         monkeypatch):
+    """A float32 MLP on a (2, 5, 7, 8) map inside the routing: the same
+    output, gradients within RTOL of plain autograd, the GeluLinear node
+    ran; a backward that drops one chunk's weight gradient is caught."""
+    monkeypatch.setattr(memory, 'GELU_LINEAR_CHUNK_ELEMENTS', chunk_elements)
+    torch.manual_seed(0)
+    mlp = Mlp(8, 24)
+    x = torch.randn(2, 5, 7, 8)
+    grad_out = torch.randn(2, 5, 7, 8)
+
+    def run(routed: bool):
+        mlp.zero_grad(set_to_none=True)
+        inputs = x.clone().requires_grad_()
+        with cpu_backward_routes(enabled=routed):
+            out = mlp(inputs)
+        nodes = [type(n).__name__ for n in graph_nodes((out, ))]
+        out.backward(grad_out)
+        grads = {n: p.grad.clone() for n, p in mlp.named_parameters()}
+        grads['input'] = inputs.grad
+        return out.detach(), grads, nodes.count(GELU_LINEAR_NODE)
+
+    out_plain, plain, count_plain = run(False)
+    out, ours, count = run(True)
+    assert (count_plain, count) == (0, 1)
+    torch.testing.assert_close(out, out_plain, rtol=0, atol=0)
+    assert_gradients_close(ours, plain)
+
+    addmm = torch.Tensor.addmm_
+    calls = []
+
+    def dropping_first_chunk(self, *args, **kwargs):
+        calls.append(1)
+        return self if len(calls) == 1 else addmm(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, 'addmm_', dropping_first_chunk)
+    _, wrong, _ = run(True)
+    with pytest.raises(AssertionError, match='fc2.weight'):
+        assert_gradients_close(wrong, plain)
+
+
+def test_gelu_linear_keeps_less_than_plain_autograd():
+    """The routed MLP keeps what plain autograd keeps but the GELU output
+    (which the backbones' recomputation turns into a recipe anyway)."""
+    torch.manual_seed(0)
+    mlp = Mlp(8, 32)
+    x = torch.randn(1, 16, 16, 8, requires_grad=True)
+
+    def step(routed: bool):
+        with cpu_backward_routes(enabled=routed):
+            return mlp(x)
+
+    gelu_output_bytes = 16 * 16 * 32 * 4
+    assert _saved_bytes(lambda: step(True)) == \
+        _saved_bytes(lambda: step(False)) - gelu_output_bytes
 
 
 def _conv_grads(conv_fn, x: torch.Tensor, weight: torch.Tensor,
@@ -325,7 +420,7 @@ def test_depthwise_calls_are_routed(call):
     x = torch.randn(1, 8, 9, 11, requires_grad=True)
     conv = nn.Conv2d(8, 8, 5, padding=2, groups=8)
     weight, bias = conv.weight, conv.bias
-    with depthwise_grads_as_convs():
+    with cpu_backward_routes():
         if call == 'module':
             out = conv(x)
         elif call == 'kwargs':
@@ -357,7 +452,7 @@ def test_other_convs_run_as_they_are(call):
     torch.manual_seed(0)
     x = torch.randn(1, 8, 9, 11, requires_grad=True)
     w = torch.randn(8, 1, 5, 5, requires_grad=True)
-    with depthwise_grads_as_convs():
+    with cpu_backward_routes():
         if call == 'dense':
             out = F.conv2d(x, torch.randn(8, 8, 5, 5), None, 1, 2)
         elif call == 'stride-2':
@@ -418,7 +513,7 @@ def test_keeps_what_plain_autograd_keeps(kernel_size):
         return block(x)
 
     plain = _saved_bytes(step)
-    with depthwise_grads_as_convs():
+    with cpu_backward_routes():
         ours = _saved_bytes(step)
         routed = step()
     assert ROUTED_NODE in {type(n).__name__ for n in graph_nodes((routed, ))}
@@ -430,8 +525,8 @@ def test_training_step_peak_is_not_higher(name, monkeypatch):
 
     def route(enabled: bool) -> None:
         monkeypatch.setattr(
-            base, 'convolves_depthwise_grads_here',
-            convolves_depthwise_grads_here if enabled else lambda x: False)
+            base, 'routes_backward_here',
+            routes_backward_here if enabled else lambda x: False)
 
     peaks = training_step_peaks(name, route)
     assert peaks[True] <= peaks[False], peaks  # measured: equal

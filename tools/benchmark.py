@@ -24,10 +24,12 @@ import torch
 
 from mmdet_l2vit.analysis.benchmark import (DTYPES, MODEL_SPECS,
                                             baseline_names, build_model,
-                                            gemm_gflops, make_step,
+                                            gemm_gflops, make_loss_step,
+                                            make_step,
                                             measure_peak_memory, parse_size,
                                             time_interleaved)
 from mmdet_l2vit.analysis.flops import count_macs
+from mmdet_l2vit.analysis.step_profile import profile_markdown, profile_step
 
 
 def parse_args() -> argparse.Namespace:
@@ -62,6 +64,10 @@ def parse_args() -> argparse.Namespace:
         help='also time our backbones as another checkout of this '
         'repository has them (e.g. `git worktree add /tmp/base COMMIT`), '
         'interleaved in the same run; they appear as "<model> @baseline"')
+    parser.add_argument('--profile', action='store_true',
+                        help='also profile one training step of each model '
+                        'per size (torch.profiler, self CPU time grouped by '
+                        'kind of op, forward and backward): profile.md')
     parser.add_argument('--out', default='work_dirs/benchmark',
                         help='directory for results.json and plot.png')
     parser.add_argument('--report', metavar='RESULTS_JSON',
@@ -73,6 +79,33 @@ def parse_args() -> argparse.Namespace:
 
 def progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def profile_models(models: Dict[str, torch.nn.Module], x: torch.Tensor,
+                   dtype: torch.dtype) -> Dict[str, Dict[str, float]]:
+    """One profiled training step per model (after one unprofiled), as
+    ``{model: {'phase/kind': ms}}``."""
+    profiles = {}
+    for name, model in models.items():
+        progress(f'  profiling one step of {name} ...')
+        model.train()
+        step = make_loss_step(model, x, dtype)
+        make_step(model, x, 'fwdbwd', dtype)()
+        profiles[name] = {f'{phase}/{kind}': ms for (phase, kind), ms in
+                          profile_step(step, model).items()}
+    return profiles
+
+
+def profile_report(report: Dict[str, Any]) -> str:
+    """profile.md: the grouped step profile per size."""
+    parts = [f"`{report['command']}`", '']
+    for size, profiles in report.get('profiles', {}).items():
+        parsed = {name: {tuple(key.split('/', 1)): ms
+                         for key, ms in profile.items()}
+                  for name, profile in profiles.items()}
+        parts += [f'{size}, self CPU time of one training step:', '',
+                  profile_markdown(parsed)]
+    return '\n'.join(parts)
 
 
 def run(args: argparse.Namespace) -> Dict[str, Any]:
@@ -89,6 +122,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                                    baseline=args.baseline).to(args.device)
     dtype = DTYPES[args.dtype]
     rows: List[Dict[str, Any]] = []
+    profiles: Dict[str, Any] = {}
     for size_text in args.sizes:
         size = parse_size(size_text)
         x = torch.randn(args.batch, 3, *size, device=args.device)
@@ -117,7 +151,11 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                         args.device, args.threads, args.with_cp,
                         args.memory_repeats, args.baseline))
                 rows.append(row)
-    return dict(command='python tools/benchmark.py ' + ' '.join(
+        if args.profile:
+            profiles[f'{size[0]}x{size[1]}'] = profile_models(models, x,
+                                                               dtype)
+    return dict(profiles=profiles,
+                command='python tools/benchmark.py ' + ' '.join(
         repr(a) if ' ' in a else a for a in sys.argv[1:]),
                 threads=args.threads,
                 device=args.device, dtype=args.dtype, batch=args.batch,
@@ -279,6 +317,10 @@ def main() -> None:
     with open(osp.join(args.out, 'results.md'), 'w') as f:
         f.write(markdown(report))
     plot(report, osp.join(args.out, 'plot.png'))
+    if report.get('profiles'):
+        with open(osp.join(args.out, 'profile.md'), 'w') as f:
+            f.write(profile_report(report))
+        print(profile_report(report))
     print_table(report)
     for line in scaling(report):
         print(line)

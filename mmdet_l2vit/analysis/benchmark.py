@@ -99,20 +99,33 @@ def parse_size(text: str) -> Tuple[int, int]:
     return int(parts[0]), int(parts[1])
 
 
+def make_loss_step(model: nn.Module, x: torch.Tensor,
+                   dtype: torch.dtype) -> Callable[[], torch.Tensor]:
+    """The forward of a training step: the sum of the output means."""
+    autocast = torch.autocast(x.device.type, dtype=dtype,
+                              enabled=dtype != torch.float32)
+
+    def loss() -> torch.Tensor:
+        with autocast:
+            outs = model(x)
+        return sum(o.float().mean() for o in outs)
+
+    return loss
+
+
 def make_step(model: nn.Module, x: torch.Tensor, mode: str,
               dtype: torch.dtype) -> Callable[[], None]:
     """One forward (no grad) or forward+backward call."""
     autocast = torch.autocast(x.device.type, dtype=dtype,
                               enabled=dtype != torch.float32)
+    loss = make_loss_step(model, x, dtype)
 
     def forward() -> None:
         with torch.no_grad(), autocast:
             model(x)
 
     def forward_backward() -> None:
-        with autocast:
-            outs = model(x)
-        sum(o.float().mean() for o in outs).backward()
+        loss().backward()
         model.zero_grad(set_to_none=True)
 
     return forward if mode == 'fwd' else forward_backward

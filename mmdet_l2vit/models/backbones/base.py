@@ -28,9 +28,9 @@ from ...checkpoint import (CheckpointError, ConvertedStateDict,
                            read_checkpoint_file)
 from ..cpu_inference import cpu_inference_applies, run_cpu_inference
 from ..layers.common import BlockStack, channels_last_to_nchw
-from ..layers.memory import (convolves_depthwise_grads_here,
-                             depthwise_grads_as_convs,
-                             recompute_norms_and_gelus, saves_memory_here)
+from ..layers.memory import (cpu_backward_routes,
+                             recompute_norms_and_gelus, routes_backward_here,
+                             saves_memory_here)
 
 #: Compiled callables of backbones built with ``compile``, kept outside the
 #: modules so that deep copies (EMA) and pickling are unaffected.
@@ -342,8 +342,7 @@ class DenseBackbone(BaseModule):
         if cpu_inference_applies(self, x):
             return run_cpu_inference(self, x)
         with recompute_norms_and_gelus(enabled=saves_memory_here()), \
-                depthwise_grads_as_convs(
-                    enabled=convolves_depthwise_grads_here(x)):
+                cpu_backward_routes(enabled=routes_backward_here(x)):
             stage_outputs = self.forward_stages(x)
             return tuple(
                 channels_last_to_nchw(self.output_norm(i)(stage_outputs[i]))

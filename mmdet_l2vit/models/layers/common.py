@@ -8,6 +8,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
+from .memory import backward_routes_now, cpu_backward_routes
+
 
 class Mlp(nn.Module):
     """Two-layer MLP ``fc2(gelu(fc1(x)))`` (exact GELU) on the last dim.
@@ -82,13 +84,21 @@ def _keep_batchnorm_stats(module: nn.Module) -> Iterator[None]:
 def checkpointed(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Run ``block(x)`` with non-reentrant gradient checkpointing.
 
-    The recomputation reuses the forward's RNG state (same DropPath masks)
-    and does not update BatchNorm running statistics a second time.
+    The recomputation reuses the forward's RNG state (same DropPath masks),
+    does not update BatchNorm running statistics a second time and runs
+    under the forward's backward routing (:func:`.memory.cpu_backward_routes`,
+    so it saves the same tensors in the same order).
     """
+    routes = backward_routes_now()
+
+    @contextlib.contextmanager
+    def recompute_context() -> Iterator[None]:
+        with _keep_batchnorm_stats(block), cpu_backward_routes(routes):
+            yield
+
     return checkpoint(
         block, x, use_reentrant=False,
-        context_fn=lambda: (contextlib.nullcontext(),
-                            _keep_batchnorm_stats(block)))
+        context_fn=lambda: (contextlib.nullcontext(), recompute_context()))
 
 
 class BlockStack(nn.ModuleList):

@@ -6,10 +6,13 @@ map (no eps, no mask), the attention weights are::
 
     w_ij = (s * q_i . k_j - s * q_i . mean(k) + 1) / N
 
-Each row sums to one and weights can be negative. In linear time this is
-(:func:`injective_global_term`)::
+Each row sums to one and weights can be negative. With the centred keys
+``k_j - mean(k)`` the weights are ``(1 + s q_i . (k_j - mean(k))) / N``, so
+in linear time (:func:`injective_global_term`)::
 
-    out_i = (s / N) q_i (k^T V) + (1 - s q_i . mean(k)) mean(V)
+    out_i = mean(V) + q_i M,   M = (s / N) k^T V - s mean(k)^T mean(V)
+
+with one ``d x d`` matrix ``M`` per head.
 
 A dynamic per-channel 3x3 depthwise conv of ``V`` (kernels predicted per
 image from the token mean of the input) is added before the output
@@ -58,8 +61,10 @@ def injective_global_term(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     num_tokens = k.shape[-2]
     k_mean = k.mean(dim=-2, keepdim=True)  # (B, h, 1, d)
     v_mean = v.mean(dim=-2, keepdim=True)
-    kv = (k.transpose(-2, -1) @ v) * (scale / num_tokens)  # (B, h, d, d)
-    return q @ kv + (1 - scale * (q @ k_mean.transpose(-2, -1))) * v_mean
+    centred_kv = ((k.transpose(-2, -1) @ v) * (scale / num_tokens) -
+                  (k_mean.transpose(-2, -1) @ v_mean) * scale)  # (B, h, d, d)
+    # in place: the product is not saved for backward, one map less
+    return (q @ centred_kv).add_(v_mean)
 
 
 def local_residual_shown(state_dict: Dict[str, torch.Tensor],

@@ -3,9 +3,10 @@ modules, which the backbone turns on in one place, its ``forward``.
 
 - Memory: LayerNorm and GELU outputs are recomputed in backward
   (:func:`recompute_norms_and_gelus`, below).
-- Speed, on the CPU: the gradients of the larger depthwise convs are
-  computed with forward depthwise convs (:func:`depthwise_grads_as_convs`,
-  :class:`SameDepthwiseConv2d`, at the end).
+- Speed, on the CPU (:func:`cpu_backward_routes`, at the end): the
+  gradients of the larger depthwise convs are computed with forward
+  depthwise convs (:class:`SameDepthwiseConv2d`), and those of an MLP's
+  ``fc2(gelu(h))`` in row chunks (:class:`GeluLinear`).
 
 Memory. Autograd keeps the input of every Linear (and of the LCM's
 BatchNorm) for backward. After a LayerNorm or a GELU that input is a
@@ -32,7 +33,8 @@ from torch import nn
 from torch.autograd.graph import saved_tensors_hooks
 from torch.nn.modules.module import register_module_forward_hook
 from torch.nn.modules.utils import _pair
-from torch.overrides import TorchFunctionMode
+from torch.overrides import (TorchFunctionMode,
+                             _get_current_function_mode_stack)
 
 _LAYER_NORM = 'NativeLayerNormBackward0'
 _GELU = 'GeluBackward0'
@@ -263,10 +265,105 @@ def _same_depthwise_conv_args(input: Any, weight: Any, bias: Any = None,
     return input, weight, bias
 
 
-class _DepthwiseGradsAsConvs(TorchFunctionMode):
+# ----------------------------------------------- GELU + Linear gradients
+#: Elements of one row chunk in :class:`GeluLinear`'s backward (2 MiB of
+#: float32: the chunk's GELU output and its gradient stay in cache).
+GELU_LINEAR_CHUNK_ELEMENTS = 2**19
+
+
+class GeluLinear(torch.autograd.Function):
+    """``F.linear(gelu(hidden), weight, bias)`` (an MLP's second layer)
+    whose backward runs in row chunks.
+
+    ``apply(hidden, activated, weight, bias, approximate)``: ``activated``
+    is ``gelu(hidden)`` as forward already computed it (detached); the
+    output is ``F.linear(activated, weight, bias)`` (bit-identical). Like
+    plain autograd with :func:`recompute_norms_and_gelus` it keeps only
+    ``hidden`` and ``weight`` for backward. Backward, per chunk of
+    :data:`GELU_LINEAR_CHUNK_ELEMENTS` elements of ``hidden``: recompute the
+    chunk's GELU, add its weight gradient ``grad_out^T gelu(h)``, compute
+    its ``grad_out @ weight`` (in the same chunk buffer) and the GELU
+    backward into the chunk's rows of the hidden gradient. Plain autograd instead makes two more full-size
+    hidden maps (the recomputed GELU output and the gradient of it), each a
+    fresh allocation and one more pass over memory.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, hidden: torch.Tensor, activated: torch.Tensor,
+                weight: torch.Tensor, bias: Optional[torch.Tensor],
+                approximate: str) -> torch.Tensor:
+        ctx.save_for_backward(hidden, weight)
+        ctx.approximate = approximate
+        ctx.has_bias = bias is not None
+        return F.linear(activated, weight, bias)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor
+                 ) -> Tuple[Optional[torch.Tensor], ...]:
+        hidden, weight = ctx.saved_tensors
+        needs_hidden, _, needs_weight, needs_bias, _ = ctx.needs_input_grad
+        rows = hidden.reshape(-1, hidden.shape[-1])
+        grads = grad_output.reshape(-1, grad_output.shape[-1])
+        grad_hidden = torch.empty_like(rows) if needs_hidden else None
+        grad_weight = torch.zeros_like(weight) if needs_weight else None
+        step = max(1, GELU_LINEAR_CHUNK_ELEMENTS // rows.shape[1])
+        # one chunk buffer: the chunk's GELU output, then its gradient
+        buffer = rows.new_empty(min(step, rows.shape[0]), rows.shape[1])
+        for top in range(0, rows.shape[0], step):
+            chunk, grad_chunk = rows[top:top + step], grads[top:top + step]
+            part = buffer[:chunk.shape[0]]
+            if needs_weight:
+                torch.ops.aten.gelu.out(chunk, approximate=ctx.approximate,
+                                        out=part)
+                grad_weight.addmm_(grad_chunk.t(), part)
+            if needs_hidden:
+                torch.mm(grad_chunk, weight, out=part)
+                torch.ops.aten.gelu_backward.grad_input(
+                    part, chunk, approximate=ctx.approximate,
+                    grad_input=grad_hidden[top:top + step])
+        del buffer, part
+        if needs_hidden:
+            grad_hidden = grad_hidden.view_as(hidden)
+        grad_bias = grads.sum(0) if ctx.has_bias and needs_bias else None
+        return grad_hidden, None, grad_weight, grad_bias, None
+
+
+#: Attribute of a GELU output made under :func:`cpu_backward_routes`: the
+#: GELU's ``(input, approximate)``.
+_GELU_INPUT_ATTR = '_mmdet_l2vit_gelu_input'
+
+
+def _gelu_linear_args(input: Any, weight: Any, bias: Any = None
+                      ) -> Optional[Tuple[Any, ...]]:
+    """``GeluLinear.apply`` arguments for an ``F.linear`` call on a GELU
+    output (a contiguous float32/64 CPU map made by ``F.gelu`` under the
+    routing while autograd records, outside CPU autocast); else ``None``.
+
+    The GELU input comes from the output's note, not from the autograd
+    node: reading a saved tensor inside a checkpointed block would
+    recompute the block."""
+    tensors = (input, weight) if bias is None else (input, weight, bias)
+    if not all(type(t) in (torch.Tensor, nn.Parameter) for t in tensors):
+        return None
+    noted = getattr(input, _GELU_INPUT_ATTR, None)
+    if (noted is None or _op_name(input.grad_fn) != _GELU
+            or not input.is_contiguous() or weight.dim() != 2
+            or input.dtype not in (torch.float32, torch.float64)
+            or any(t.dtype != input.dtype or t.device.type != 'cpu'
+                   for t in tensors)):
+        return None
+    if not torch.is_grad_enabled() or torch.is_autocast_enabled('cpu'):
+        return None
+    hidden, approximate = noted
+    return hidden, input.detach(), weight, bias, approximate
+
+
+# ------------------------------------------------------------ the routing
+class _CpuBackwardRoutes(TorchFunctionMode):
     """Routes the ``F.conv2d`` calls :func:`_same_depthwise_conv_args`
-    accepts through :class:`SameDepthwiseConv2d`; every other call runs as
-    it is."""
+    accepts through :class:`SameDepthwiseConv2d` and the ``F.linear`` calls
+    :func:`_gelu_linear_args` accepts through :class:`GeluLinear`; every
+    other call runs as it is."""
 
     def __torch_function__(self, func: Any, types: Any, args: Any = (),
                            kwargs: Any = None) -> Any:
@@ -275,21 +372,36 @@ class _DepthwiseGradsAsConvs(TorchFunctionMode):
             routed = _same_depthwise_conv_args(*args, **kwargs)
             if routed is not None:
                 return SameDepthwiseConv2d.apply(*routed)
+        elif func is F.linear:
+            routed = _gelu_linear_args(*args, **kwargs)
+            if routed is not None:
+                return GeluLinear.apply(*routed)
+        elif func is F.gelu:
+            out = func(*args, **kwargs)
+            if isinstance(out, torch.Tensor) and out.grad_fn is not None:
+                setattr(out, _GELU_INPUT_ATTR,
+                        (args[0], kwargs.get('approximate', 'none')))
+            return out
         return func(*args, **kwargs)
 
 
 @contextlib.contextmanager
-def depthwise_grads_as_convs(enabled: bool = True) -> Iterator[None]:
-    """Inside, stride-1 'same' depthwise ``F.conv2d`` calls with kernels of
-    at least 5x5 (L²ViT's 7x7 LCM convs; not the 3x3 CPEs or InLine's 3x3
-    local residual) run as :class:`SameDepthwiseConv2d`: the same outputs,
-    gradients equal to float32 rounding, the same saved tensors.
+def cpu_backward_routes(enabled: bool = True) -> Iterator[None]:
+    """Inside, two kinds of calls get a faster backward:
 
-    The model code stays ``nn.Conv2d`` / ``F.conv2d``: a
-    :class:`~torch.overrides.TorchFunctionMode` sees every ``F.conv2d``
-    call (about 2 us of Python per torch call while active, some 1600 calls
-    in an L²ViT-T forward: ~3 ms). The backbone turns this on in one place,
-    its ``forward``, where :func:`convolves_depthwise_grads_here` says so.
+    - stride-1 'same' depthwise ``F.conv2d`` calls with kernels of at least
+      5x5 (L²ViT's 7x7 LCM convs; not the 3x3 CPEs or InLine's 3x3 local
+      residual) run as :class:`SameDepthwiseConv2d`;
+    - ``F.linear`` calls on a GELU output (every MLP's ``fc2``) run as
+      :class:`GeluLinear`.
+
+    The same outputs, gradients equal to float32 rounding, no more saved
+    tensors. The model code stays ``nn.Conv2d`` / ``nn.Linear``: a
+    :class:`~torch.overrides.TorchFunctionMode` sees every torch call
+    (about 2 us of Python per call while active, some 1600 calls in an
+    L²ViT-T forward: ~3 ms). The backbone turns this on in one place, its
+    ``forward``, where :func:`routes_backward_here` says so; a checkpointed
+    block recomputes under the same routing (:func:`backward_routes_now`).
 
     Args:
         enabled (bool): Whether to route the calls (off: a no-op).
@@ -297,12 +409,18 @@ def depthwise_grads_as_convs(enabled: bool = True) -> Iterator[None]:
     if not enabled:
         yield
         return
-    with _DepthwiseGradsAsConvs():
+    with _CpuBackwardRoutes():
         yield
 
 
-def convolves_depthwise_grads_here(x: torch.Tensor) -> bool:
-    """Whether :func:`depthwise_grads_as_convs` applies: a CPU input while
+def backward_routes_now() -> bool:
+    """Whether :func:`cpu_backward_routes` is active here."""
+    return any(isinstance(mode, _CpuBackwardRoutes)
+               for mode in _get_current_function_mode_stack())
+
+
+def routes_backward_here(x: torch.Tensor) -> bool:
+    """Whether :func:`cpu_backward_routes` applies: a CPU input while
     autograd records, outside tracing and ``torch.compile``.
 
     Why: on the CPU, oneDNN's backward of a 5x5 or 7x7 depthwise conv on
@@ -310,9 +428,13 @@ def convolves_depthwise_grads_here(x: torch.Tensor) -> bool:
     gradient. Forward depthwise convs compute the same gradients 2-4x
     faster. Measured for L²ViT-T at 1024x1024 with 2 threads: stage 1's
     7x7 LCM conv backward drops from 92 to 27 ms, and the LCM backward of
-    a training step from about 0.5 to 0.17 s, out of a 4-5 s step.
+    a training step from about 0.5 to 0.17 s, out of a 4-5 s step. An MLP
+    tail ``fc2(gelu(h))`` at stage 1 (65536 x 384 hidden) runs fc1 + fc2
+    forward and backward in 265 instead of 340 ms with the chunked
+    backward of :class:`GeluLinear` (its two full-size temporaries are
+    fresh allocations, which the CPU pays for in page faults).
     Elsewhere the native backward is kept: CUDA has depthwise backward
-    kernels of its own, and tracing and ``torch.compile`` record their own
-    graphs.
+    kernels of its own and a caching allocator, and tracing and
+    ``torch.compile`` record their own graphs.
     """
     return x.device.type == 'cpu' and saves_memory_here()
