@@ -21,7 +21,7 @@ model = dict(
         init_cfg=dict(type='Pretrained',
                       checkpoint='work_dirs/demo_pretrain/l2vit_demo_cls.pth')),
     # Shapes cover ~14% of the pixels: cross-entropy with the background
-    # weighted 0.1 against 1 for each shape class. (mmseg 1.2.2's
+    # weighted 0.25 against 1 for each shape class. (mmseg 1.2.2's
     # CrossEntropyLoss raises IndexError for class_weight with ignored
     # pixels under reduction='mean', mmseg issue #3734; 'sum' is safe: the
     # loss weights 1e-4 / 4e-5 keep the usual 1 : 0.4 of the two heads.)

@@ -48,11 +48,18 @@ DATASET_NAME = 'demo-shapes'
 
 
 #: Per-family defaults of the settings left at None (measured with 32 px
-#: crops, batch 32; InLine-Swin stays at chance level with lr 1e-3).
+#: crops, batch 32, held-out top-1 after the run: L2ViT 86.6 % with lr 1e-3,
+#: weight decay 0.05 and label smoothing 0.1 in 2000 iterations, 92.4 % with
+#: lr 3e-3, 91.3 % with the settings below in 1800; lr 3e-3 with a 100-
+#: iteration warm-up stays at chance. InLine-PVT: 89.5 % at lr 1e-3, 87.2 %
+#: at 1.5e-3, chance at 3e-3. InLine-Swin stays at chance with lr 1e-3.)
 FAMILY_DEFAULTS: Dict[str, Dict[str, Any]] = {
-    'L2ViT': dict(iters=2000, lr=1e-3, warmup_iters=200),
-    'InLinePVT': dict(iters=2000, lr=1e-3, warmup_iters=200),
-    'InLineSwin': dict(iters=1500, lr=3e-4, warmup_iters=300),
+    'L2ViT': dict(iters=1800, lr=2e-3, warmup_iters=200, weight_decay=0.02,
+                  label_smoothing=0.0),
+    'InLinePVT': dict(iters=2000, lr=1e-3, warmup_iters=200,
+                      weight_decay=0.05, label_smoothing=0.1),
+    'InLineSwin': dict(iters=1500, lr=3e-4, warmup_iters=300,
+                       weight_decay=0.05, label_smoothing=0.1),
 }
 
 
@@ -60,7 +67,8 @@ FAMILY_DEFAULTS: Dict[str, Dict[str, Any]] = {
 class PretrainSettings:
     """Hyper-parameters of the demo pretraining (also what the checkpoint's
     ``args`` / ``config`` record). Iterations count optimizer steps;
-    ``iters``, ``lr`` and ``warmup_iters`` left at None take the family's
+    ``iters``, ``lr``, ``warmup_iters``, ``weight_decay`` and
+    ``label_smoothing`` left at None take the family's
     :data:`FAMILY_DEFAULTS` (:meth:`for_family`)."""
 
     iters: Optional[int] = None
@@ -70,8 +78,8 @@ class PretrainSettings:
     min_lr: float = 1e-5
     warmup_iters: Optional[int] = None
     warmup_lr: float = 1e-6
-    weight_decay: float = 0.05
-    label_smoothing: float = 0.1
+    weight_decay: Optional[float] = None
+    label_smoothing: Optional[float] = None
     clip_grad: Optional[float] = 5.0
     ema_decay: float = 0.998
     drop_path_rate: float = 0.0
@@ -369,11 +377,13 @@ def pretrain_demo_classifier(name: str,
         out (str, optional): Checkpoint path. Default:
             ``work_dirs/demo_pretrain/{name}_cls.pth``.
         iters (int, optional): Optimizer steps. Default: the family's
-            (:data:`FAMILY_DEFAULTS`: 2000; 1500 for InLine-Swin).
+            (:data:`FAMILY_DEFAULTS`: 1800 for L2ViT, 2000 for InLine-PVT,
+            1500 for InLine-Swin).
         batch_size (int): Crops per step. Default: 32.
         crop_size (int): Crop side in pixels (a multiple of 32). Default: 32.
         lr (float, optional): Peak AdamW learning rate. Default: the
-            family's (1e-3; 3e-4 for InLine-Swin).
+            family's (2e-3 for L2ViT, 1e-3 for InLine-PVT, 3e-4 for
+            InLine-Swin).
         seed (int): Seeds the model init, the batches and the crops.
             Default: 0.
         num_train (int): Training crops. Default: 8000.

@@ -18,9 +18,10 @@ metainfo = dict(
     palette=[(120, 120, 120), (220, 20, 60), (0, 130, 200), (60, 180, 75),
              (255, 165, 0), (145, 30, 180)])
 num_classes = 6
-# Cross-entropy class weights of the model configs: background 0.1, each
-# shape class 1 (the shapes cover ~14% of the pixels).
-class_weight = [0.1] + [1.0] * (num_classes - 1)
+# Cross-entropy class weights of the model configs: background 0.25, each
+# shape class 1 (the shapes cover ~14% of the pixels; 0.1 over-predicts
+# the shapes around their borders: UperNet L2ViT mIoU 58.5 against 62.9).
+class_weight = [0.25] + [1.0] * (num_classes - 1)
 
 train_pipeline = [
     dict(type='LoadImageFromFile'),
@@ -63,7 +64,7 @@ test_dataloader = val_dataloader
 val_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU'])
 test_evaluator = val_evaluator
 
-max_iters = 1200
+max_iters = 2000
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters,
                  val_interval=max_iters)
 val_cfg = dict(type='ValLoop')
