@@ -22,7 +22,8 @@ from typing import Any, Dict, List
 
 import torch
 
-from mmdet_l2vit.analysis.benchmark import (DTYPES, MODEL_SPECS,
+from mmdet_l2vit.analysis.benchmark import (BASELINE_SUFFIX, DTYPES,
+                                            MODEL_SPECS,
                                             baseline_names, build_model,
                                             gemm_gflops, make_loss_step,
                                             make_step,
@@ -97,14 +98,20 @@ def profile_models(models: Dict[str, torch.nn.Module], x: torch.Tensor,
 
 
 def profile_report(report: Dict[str, Any]) -> str:
-    """profile.md: the grouped step profile per size."""
+    """profile.md: the grouped step profile per size, one table per model
+    (beside its baseline, if there is one)."""
     parts = [f"`{report['command']}`", '']
     for size, profiles in report.get('profiles', {}).items():
         parsed = {name: {tuple(key.split('/', 1)): ms
                          for key, ms in profile.items()}
                   for name, profile in profiles.items()}
-        parts += [f'{size}, self CPU time of one training step:', '',
-                  profile_markdown(parsed)]
+        parts += [f'{size}, self CPU time of one training step (ms):', '']
+        for name in parsed:
+            if name.endswith(BASELINE_SUFFIX):
+                continue
+            group = [name] + [n for n in (name + BASELINE_SUFFIX, )
+                              if n in parsed]
+            parts += [profile_markdown({n: parsed[n] for n in group}), '']
     return '\n'.join(parts)
 
 
