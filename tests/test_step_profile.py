@@ -10,6 +10,8 @@ from mmdet_l2vit.analysis.step_profile import (OP_KINDS, op_kind,
 
 def test_op_kinds():
     assert op_kind('aten::addmm') == 'matmul / linear'
+    assert op_kind('aten::addmm_') == 'matmul / linear'
+    assert op_kind('aten::add_') == 'elementwise'
     assert op_kind('aten::mkldnn_convolution') == 'conv'
     assert op_kind('aten::convolution_backward') == 'conv'
     assert op_kind('aten::native_layer_norm_backward') == 'layer norm'

@@ -18,3 +18,6 @@ model = dict(
         init_cfg=dict(
             type='Pretrained',
             checkpoint='work_dirs/demo_pretrain/inline_swin_demo_cls.pth')))
+# lr 5e-4 (as the InLine-Swin Mask R-CNN demo): mIoU 33.5 against 30.7 at
+# the L2ViT demo's 1.5e-3.
+optim_wrapper = dict(optimizer=dict(lr=5e-4))

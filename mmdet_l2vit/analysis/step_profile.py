@@ -21,7 +21,7 @@ OP_KINDS: Tuple[Tuple[str, str], ...] = (
      r'_efficient_attention'),
     ('conv', r'conv|mkldnn_convolution'),
     ('matmul / linear', r'^aten::(mm|addmm|bmm|baddbmm|matmul|linear|'
-     r'addmv|mv|dot)$|_addmm_activation'),
+     r'addmv|mv|dot)_?$|_addmm_activation'),
     ('layer norm', r'layer_norm'),
     ('GELU / softmax / ReLU', r'gelu|softmax|relu|threshold_backward|'
      r'leaky_relu'),
