@@ -267,7 +267,7 @@ def _same_depthwise_conv_args(input: Any, weight: Any, bias: Any = None,
 
 # ----------------------------------------------- GELU + Linear gradients
 #: Elements of one row chunk in :class:`GeluLinear`'s backward (2 MiB of
-#: float32: the chunk's GELU output and its gradient stay in cache).
+#: float32: the chunk buffer stays in cache).
 GELU_LINEAR_CHUNK_ELEMENTS = 2**19
 
 
@@ -283,9 +283,10 @@ class GeluLinear(torch.autograd.Function):
     :data:`GELU_LINEAR_CHUNK_ELEMENTS` elements of ``hidden``: recompute the
     chunk's GELU, add its weight gradient ``grad_out^T gelu(h)``, compute
     its ``grad_out @ weight`` (in the same chunk buffer) and the GELU
-    backward into the chunk's rows of the hidden gradient. Plain autograd instead makes two more full-size
-    hidden maps (the recomputed GELU output and the gradient of it), each a
-    fresh allocation and one more pass over memory.
+    backward into the chunk's rows of the hidden gradient. Plain autograd
+    instead makes two more full-size hidden maps (the recomputed GELU
+    output and the gradient of it), each a fresh allocation and one more
+    pass over memory.
     """
 
     @staticmethod
@@ -321,7 +322,7 @@ class GeluLinear(torch.autograd.Function):
                 torch.ops.aten.gelu_backward.grad_input(
                     part, chunk, approximate=ctx.approximate,
                     grad_input=grad_hidden[top:top + step])
-        del buffer, part
+        buffer = part = None  # freed before the bias gradient
         if needs_hidden:
             grad_hidden = grad_hidden.view_as(hidden)
         grad_bias = grads.sum(0) if ctx.has_bias and needs_bias else None
