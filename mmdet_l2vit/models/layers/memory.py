@@ -379,9 +379,10 @@ class _CpuBackwardRoutes(TorchFunctionMode):
                 return GeluLinear.apply(*routed)
         elif func is F.gelu:
             out = func(*args, **kwargs)
+            hidden = args[0] if args else kwargs.get('input')
             if isinstance(out, torch.Tensor) and out.grad_fn is not None:
                 setattr(out, _GELU_INPUT_ATTR,
-                        (args[0], kwargs.get('approximate', 'none')))
+                        (hidden, kwargs.get('approximate', 'none')))
             return out
         return func(*args, **kwargs)
 
