@@ -63,8 +63,7 @@ def injective_global_term(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     v_mean = v.mean(dim=-2, keepdim=True)
     centred_kv = ((k.transpose(-2, -1) @ v) * (scale / num_tokens) -
                   (k_mean.transpose(-2, -1) @ v_mean) * scale)  # (B, h, d, d)
-    # in place: the product is not saved for backward, one map less
-    return (q @ centred_kv).add_(v_mean)
+    return q @ centred_kv + v_mean
 
 
 def local_residual_shown(state_dict: Dict[str, torch.Tensor],
