@@ -23,8 +23,8 @@ from mmdet_l2vit.models.layers.l2vit_blocks import LocalConcentration
 from mmdet_l2vit.models.layers.common import Mlp
 from mmdet_l2vit.models.layers.memory import (GeluLinear,
                                               SameDepthwiseConv2d,
-                                              routes_backward_here,
                                               cpu_backward_routes,
+                                              routes_backward_here,
                                               saves_memory_here)
 
 # the small archs of the training-memory tests

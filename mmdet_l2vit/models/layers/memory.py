@@ -25,6 +25,7 @@ recomputed LayerNorm is ``(x - mean) * rstd * weight + bias`` from the saved
 statistics).
 """
 import contextlib
+import contextvars
 from typing import Any, Iterator, NamedTuple, Optional, Tuple
 
 import torch
@@ -33,8 +34,7 @@ from torch import nn
 from torch.autograd.graph import saved_tensors_hooks
 from torch.nn.modules.module import register_module_forward_hook
 from torch.nn.modules.utils import _pair
-from torch.overrides import (TorchFunctionMode,
-                             _get_current_function_mode_stack)
+from torch.overrides import TorchFunctionMode
 
 _LAYER_NORM = 'NativeLayerNormBackward0'
 _GELU = 'GeluBackward0'
@@ -411,14 +411,21 @@ def cpu_backward_routes(enabled: bool = True) -> Iterator[None]:
     if not enabled:
         yield
         return
-    with _CpuBackwardRoutes():
-        yield
+    token = _ROUTES_ACTIVE.set(True)
+    try:
+        with _CpuBackwardRoutes():
+            yield
+    finally:
+        _ROUTES_ACTIVE.reset(token)
+
+
+#: Whether :func:`cpu_backward_routes` is active (read by checkpointing).
+_ROUTES_ACTIVE = contextvars.ContextVar('cpu_backward_routes', default=False)
 
 
 def backward_routes_now() -> bool:
     """Whether :func:`cpu_backward_routes` is active here."""
-    return any(isinstance(mode, _CpuBackwardRoutes)
-               for mode in _get_current_function_mode_stack())
+    return _ROUTES_ACTIVE.get()
 
 
 def routes_backward_here(x: torch.Tensor) -> bool:
