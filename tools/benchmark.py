@@ -161,12 +161,12 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         if args.profile:
             profiles[f'{size[0]}x{size[1]}'] = profile_models(models, x,
                                                                dtype)
-    return dict(profiles=profiles,
-                command='python tools/benchmark.py ' + ' '.join(
-        repr(a) if ' ' in a else a for a in sys.argv[1:]),
-                threads=args.threads,
+    command = 'python tools/benchmark.py ' + ' '.join(
+        repr(a) if ' ' in a else a for a in sys.argv[1:])
+    return dict(command=command, threads=args.threads,
                 device=args.device, dtype=args.dtype, batch=args.batch,
                 torch=torch.__version__, mm_gflops_per_s=reference,
+                profiles=profiles,
                 results=rows)
 
 
@@ -331,8 +331,10 @@ def main() -> None:
     print_table(report)
     for line in scaling(report):
         print(line)
-    written = 'results.md and plot.png' if args.report else \
-        'results.json, results.md and plot.png'
+    written = 'results.md, plot.png' if args.report else \
+        'results.json, results.md, plot.png'
+    if report.get('profiles'):
+        written += ', profile.md'
     print(f'\nwrote {written} in {args.out}')
 
 
