@@ -20,7 +20,8 @@ metainfo = dict(
 num_classes = 6
 # Cross-entropy class weights of the model configs: background 0.25, each
 # shape class 1 (the shapes cover ~14% of the pixels; 0.1 over-predicts
-# the shapes around their borders: UperNet L2ViT mIoU 58.5 against 62.9).
+# the shapes around their borders: UperNet L2ViT, 1200 iterations from a
+# 92.4% classifier, mIoU 58.5 at 0.1 against 62.9 at 0.25).
 class_weight = [0.25] + [1.0] * (num_classes - 1)
 
 train_pipeline = [
