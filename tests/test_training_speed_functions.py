@@ -3,8 +3,10 @@
 Inside ``cpu_backward_routes`` (turned on by the backbones' forward on
 the CPU whenever autograd records) stride-1 'same' depthwise ``F.conv2d``
 calls with kernels of at least 5x5 (L²ViT's LCM) run as
-``SameDepthwiseConv2d`` (gradients from forward convs) and every MLP's
-``fc2(gelu(h))`` as ``GeluLinear`` (backward in row chunks). Their outputs
+``SameDepthwiseConv2d`` (gradients from forward convs), dense strided
+convs (stems, downsampling, patch embeddings) as ``StridedConv2d`` (weight
+gradient from banded GEMMs) and every MLP's ``fc2(gelu(h))`` as
+``GeluLinear`` (backward in row chunks). Their outputs
 must be those of the plain ops, their gradients those of plain autograd (to
 float32 rounding), they must really run, and they must keep no more for
 backward than the plain ops do.
@@ -23,6 +25,7 @@ from mmdet_l2vit.models.layers.l2vit_blocks import LocalConcentration
 from mmdet_l2vit.models.layers.common import Mlp
 from mmdet_l2vit.models.layers.memory import (GeluLinear,
                                               SameDepthwiseConv2d,
+                                              StridedConv2d,
                                               cpu_backward_routes,
                                               routes_backward_here,
                                               saves_memory_here)
@@ -37,6 +40,8 @@ RTOL = 1e-5
 ROUTED_NODE = 'SameDepthwiseConv2dBackward'
 #: Node type of ``GeluLinear``.
 GELU_LINEAR_NODE = 'GeluLinearBackward'
+#: Node type of ``StridedConv2d``.
+STRIDED_NODE = 'StridedConv2dBackward'
 
 
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -128,11 +133,22 @@ def is_routable_conv(node: object) -> bool:
             and not node._saved_transposed)
 
 
+def is_strided_dense_conv(node: object) -> bool:
+    """Whether a node is a plain ``ConvolutionBackward0`` of a dense conv
+    with a stride above 1 (one :class:`StridedConv2d` should take)."""
+    return (type(node).__name__ == 'ConvolutionBackward0'
+            and node._saved_groups == 1
+            and max(node._saved_stride) > 1
+            and not node._saved_transposed)
+
+
 def training_step(model: nn.Module, x: torch.Tensor, seed: int = 1):
     """Forward and backward of a weighted loss. Returns the outputs, the
     gradients (``'input'`` and every parameter), and the numbers of routed
-    and of plain routable conv nodes in the graph, of routed conv nodes
-    that ran backward, and of ``GeluLinear`` nodes that ran backward."""
+    and of plain routable depthwise conv nodes in the graph, of routed
+    depthwise conv nodes that ran backward, of ``GeluLinear`` and
+    ``StridedConv2d`` nodes that ran backward, and of plain strided dense
+    conv nodes in the graph."""
     model.zero_grad(set_to_none=True)
     inputs = x.clone().requires_grad_()
     torch.manual_seed(seed)  # the same drop-path masks in every run
@@ -140,19 +156,23 @@ def training_step(model: nn.Module, x: torch.Tensor, seed: int = 1):
     nodes = graph_nodes(outs)
     routed = [n for n in nodes if type(n).__name__ == ROUTED_NODE]
     plain = sum(map(is_routable_conv, nodes))
-    ran, gelu_linear_ran = [], []
+    plain_strided = sum(map(is_strided_dense_conv, nodes))
+    ran, gelu_linear_ran, strided_ran = [], [], []
     for node in routed:
         node.register_hook(lambda grad_inputs, grad_outputs: ran.append(1))
     for node in nodes:
-        if type(node).__name__ == GELU_LINEAR_NODE:
+        spy = {GELU_LINEAR_NODE: gelu_linear_ran,
+               STRIDED_NODE: strided_ran}.get(type(node).__name__)
+        if spy is not None:
             node.register_hook(
-                lambda grad_inputs, grad_outputs: gelu_linear_ran.append(1))
+                lambda grad_inputs, grad_outputs, spy=spy: spy.append(1))
     sum((o * (i + 1)).sum() for i, o in enumerate(outs)).backward()
     grads = {n: p.grad for n, p in model.named_parameters()}
     grads['input'] = inputs.grad
     return ([o.detach() for o in outs], grads,
             dict(routed=len(routed), plain=plain, ran=len(ran),
-                 gelu_linear=len(gelu_linear_ran)))
+                 gelu_linear=len(gelu_linear_ran), strided=len(strided_ran),
+                 plain_strided=plain_strided))
 
 
 # ------------------------------------------------------------ backbones
@@ -174,11 +194,15 @@ def test_gradients_equal_plain_autograd(name, drop_path_rate, with_cp,
     # L2ViT: two 7x7 LCM convs per LGA block; the InLine families have
     # 3x3 depthwise convs only (their backward stays oneDNN's)
     expected = {'l2vit': 8, 'inline_pvt': 0, 'inline_swin': 0}[name]
+    # strided dense convs: L2ViT's two stem convs and three downsampling
+    # convs, InLine-PVT's four patch embeddings, InLine-Swin's one
+    strided = {'l2vit': 5, 'inline_pvt': 4, 'inline_swin': 1}[name]
     mlps = sum(isinstance(m, Mlp) for m in model.modules())
     assert nodes_plain == dict(routed=0, plain=expected, ran=0,
-                               gelu_linear=0)
+                               gelu_linear=0, strided=0,
+                               plain_strided=strided)
     assert nodes == dict(routed=expected, plain=0, ran=expected,
-                         gelu_linear=mlps)
+                         gelu_linear=mlps, strided=strided, plain_strided=0)
     for out, out_plain in zip(outs, outs_plain):
         torch.testing.assert_close(out, out_plain, rtol=0, atol=0)
     assert_gradients_close(ours, plain)
@@ -202,7 +226,7 @@ def test_batch_statistics_gradients_are_as_exact(monkeypatch):
     _, exact, _ = training_step(copy.deepcopy(model).double(), x.double())
     set_machinery(monkeypatch, True)
     _, ours, nodes = training_step(model, x)
-    assert nodes['ran'] == nodes['routed'] > 0
+    assert nodes['ran'] == nodes['routed'] > 0 and nodes['strided'] == 5
     top = max(g.abs().max().item() for g in exact.values())
     cancelled = []
     for name, grad in exact.items():
@@ -486,6 +510,160 @@ def test_other_convs_run_as_they_are(call):
         else:  # two outputs per input channel
             out = F.conv2d(x, torch.randn(16, 1, 5, 5), None, 1, 2, 1, 8)
     assert out.grad_fn is None or type(out.grad_fn).__name__ != ROUTED_NODE
+
+
+# ----------------------------------------------------- StridedConv2d
+@pytest.mark.parametrize('shape, out_channels, kernel, stride, padding', [
+    ((2, 3, 9, 7), 4, (3, 3), (2, 2), (1, 1)),  # a stem conv, odd sizes
+    ((1, 4, 8, 6), 5, (2, 2), (2, 2), (0, 0)),  # downsampling
+    ((2, 3, 11, 9), 4, (4, 4), (4, 4), (0, 0)),  # patch embedding, a rest
+    ((1, 2, 7, 10), 3, (3, 5), (2, 3), (0, 2)),  # rectangular
+    ((1, 2, 5, 4), 3, (7, 7), (2, 2), (3, 3)),  # kernel larger than it
+])
+@pytest.mark.parametrize('bias', [True, False], ids=['bias', 'no-bias'])
+@pytest.mark.parametrize('band_elements', [2**20, 1],
+                         ids=['one-band', 'row-bands'])
+def test_strided_conv_gradients_are_exact(shape, out_channels, kernel,
+                                          stride, padding, bias,
+                                          band_elements, monkeypatch):
+    """Float64 gradcheck with the weight gradient in one band or one
+    output row per band (each band with its own share of the padding)."""
+    monkeypatch.setattr(memory, 'WEIGHT_GRAD_BAND_ELEMENTS', band_elements)
+    torch.manual_seed(0)
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(out_channels, shape[1], *kernel,
+                         dtype=torch.float64, requires_grad=True)
+    b = (torch.randn(out_channels, dtype=torch.float64, requires_grad=True)
+         if bias else None)
+
+    def fn(x, weight, b):
+        return StridedConv2d.apply(x, weight, b, stride, padding)
+
+    assert torch.autograd.gradcheck(fn, (x, weight, b))
+
+
+class _ShiftedStridedWeightGrad(StridedConv2d):
+    """A deliberately wrong gradient: the weight gradient's kernel rows
+    rolled by one (the bug an off-by-one band start makes)."""
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        grads = StridedConv2d.backward(ctx, grad_output)
+        return (grads[0], grads[1].roll(1, dims=-2)) + grads[2:]
+
+
+@pytest.mark.parametrize('memory_format', ['channels_last', 'contiguous'])
+@pytest.mark.parametrize('band_elements', [2**20, 3000],
+                         ids=['one-band', 'bands'])
+def test_strided_conv_equals_plain_autograd_and_a_wrong_one_fails(
+        memory_format, band_elements, monkeypatch):
+    """Float32, a 3x3 stride-2 stem conv on odd sizes (batch 2): the same
+    output, gradients within RTOL of plain autograd's; a wrong weight
+    gradient is caught."""
+    monkeypatch.setattr(memory, 'WEIGHT_GRAD_BAND_ELEMENTS', band_elements)
+    torch.manual_seed(0)
+    x = torch.randn(2, 16, 37, 29)
+    if memory_format == 'channels_last':
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    conv = nn.Conv2d(16, 24, 3, stride=2, padding=1)
+    grad_out = torch.randn(2, 24, 19, 15)
+
+    def grads(fn):
+        out = fn(x, conv.weight, conv.bias, (2, 2), (1, 1))
+        return out, dict(zip(('input', 'weight', 'bias'),
+                             torch.autograd.grad(
+                                 out, (x, conv.weight, conv.bias),
+                                 grad_out)))
+
+    def plain_fn(x, weight, bias, stride, padding):
+        return F.conv2d(x, weight, bias, stride, padding)
+
+    out_plain, plain = grads(plain_fn)
+    out, ours = grads(StridedConv2d.apply)
+    torch.testing.assert_close(out, out_plain, rtol=0, atol=0)
+    assert_gradients_close(ours, plain)
+    _, wrong = grads(_ShiftedStridedWeightGrad.apply)
+    with pytest.raises(AssertionError, match='weight'):
+        assert_gradients_close(wrong, plain)
+
+
+@pytest.mark.parametrize('call', [
+    'module', 'kwargs', 'no-bias', 'rectangular-stride', 'input-without-grad',
+    'float64'
+])
+def test_strided_dense_calls_are_routed(call):
+    torch.manual_seed(0)
+    x = torch.randn(1, 4, 9, 11, requires_grad=True)
+    conv = nn.Conv2d(4, 6, 3, stride=2, padding=1)
+    weight, bias, stride = conv.weight, conv.bias, (2, 2)
+    with cpu_backward_routes():
+        if call == 'module':
+            out = conv(x)
+        elif call == 'kwargs':
+            out = F.conv2d(input=x, weight=weight, bias=bias, stride=2,
+                           padding=1)
+        elif call == 'no-bias':
+            bias = None
+            out = F.conv2d(x, weight, None, 2, 1)
+        elif call == 'rectangular-stride':
+            stride = (2, 1)
+            out = F.conv2d(x, weight, bias, stride, 1)
+        elif call == 'input-without-grad':  # a stem on the image
+            x = x.detach()
+            out = conv(x)
+        else:
+            x, weight, bias = x.double(), weight.double(), bias.double()
+            out = F.conv2d(x, weight, bias, 2, 1)
+    assert type(out.grad_fn).__name__ == STRIDED_NODE
+    torch.testing.assert_close(out, F.conv2d(x, weight, bias, stride, 1),
+                               rtol=0, atol=0)
+
+
+@pytest.mark.parametrize('call', [
+    'stride-1', 'grouped', 'dilated', 'string-padding', 'weight-without-grad',
+    'no-grad', 'bfloat16', 'autocast', 'unbatched'
+])
+def test_other_dense_convs_run_as_they_are(call):
+    torch.manual_seed(0)
+    x = torch.randn(1, 4, 9, 11, requires_grad=True)
+    w = torch.randn(6, 4, 3, 3, requires_grad=True)
+    with cpu_backward_routes():
+        if call == 'stride-1':
+            out = F.conv2d(x, w, None, 1, 1)
+        elif call == 'grouped':
+            out = F.conv2d(x, torch.randn(6, 2, 3, 3, requires_grad=True),
+                           None, 2, 1, 1, 2)
+        elif call == 'dilated':
+            out = F.conv2d(x, w, None, 2, 2, 2)
+        elif call == 'string-padding':
+            out = F.conv2d(x, w, None, 2, 'valid')
+        elif call == 'weight-without-grad':
+            out = F.conv2d(x, w.detach(), None, 2, 1)
+        elif call == 'no-grad':
+            with torch.no_grad():
+                out = F.conv2d(x, w, None, 2, 1)
+        elif call == 'bfloat16':
+            out = F.conv2d(x.bfloat16(), w.bfloat16(), None, 2, 1)
+        elif call == 'autocast':
+            with torch.autocast('cpu', dtype=torch.bfloat16):
+                out = F.conv2d(x, w, None, 2, 1)
+        else:
+            out = F.conv2d(x[0], w, None, 2, 1)
+    assert out.grad_fn is None or type(out.grad_fn).__name__ != STRIDED_NODE
+
+
+def test_strided_conv_keeps_what_plain_autograd_keeps():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 16, 2, stride=2)
+    x = torch.randn(1, 8, 20, 20).contiguous(
+        memory_format=torch.channels_last).requires_grad_()
+    plain = _saved_bytes(lambda: conv(x))
+    with cpu_backward_routes():
+        ours = _saved_bytes(lambda: conv(x))
+        routed = conv(x)
+    assert type(routed.grad_fn).__name__ == STRIDED_NODE
+    assert ours == plain
 
 
 # ------------------------------------------------------------ memory

@@ -265,6 +265,132 @@ def _same_depthwise_conv_args(input: Any, weight: Any, bias: Any = None,
     return input, weight, bias
 
 
+# ------------------------------------------- strided dense conv gradients
+class StridedConv2d(torch.autograd.Function):
+    """Dense (``groups=1``) ``Conv2d`` with a stride above 1 and zero
+    padding (stems, downsampling and patch embeddings) whose weight gradient
+    is computed with GEMMs over bands of output rows.
+
+    ``apply(input, weight, bias, stride, padding)``: the forward is
+    ``F.conv2d(input, weight, bias, stride, padding)`` (bit-identical
+    outputs); like plain autograd it saves only ``input`` and ``weight``.
+    In backward the input gradient is oneDNN's (``convolution_backward``
+    asked for it alone), the weight gradient is
+    :func:`strided_conv_weight_grad`, the bias gradient sums the output
+    gradient over (B, H, W).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, input: torch.Tensor, weight: torch.Tensor,
+                bias: Optional[torch.Tensor], stride: Tuple[int, int],
+                padding: Tuple[int, int]) -> torch.Tensor:
+        ctx.save_for_backward(input, weight)
+        ctx.stride, ctx.padding = stride, padding
+        return F.conv2d(input, weight, bias, stride, padding)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor
+                 ) -> Tuple[Optional[torch.Tensor], ...]:
+        input, weight = ctx.saved_tensors
+        needs_input, needs_weight, needs_bias = ctx.needs_input_grad[:3]
+        grad_input = grad_weight = grad_bias = None
+        if needs_input:
+            grad_input = torch.ops.aten.convolution_backward(
+                grad_output, input, weight, None, ctx.stride, ctx.padding,
+                (1, 1), False, (0, 0), 1, (True, False, False))[0]
+        if needs_weight:
+            grad_weight = strided_conv_weight_grad(
+                input, grad_output, weight.shape[-2:], ctx.stride,
+                ctx.padding)
+        if needs_bias:
+            grad_bias = grad_output.sum((0, 2, 3))
+        return grad_input, grad_weight, grad_bias, None, None
+
+
+#: Elements of one band of im2col rows in :func:`strided_conv_weight_grad`
+#: (4 MiB of float32: the band stays in cache).
+WEIGHT_GRAD_BAND_ELEMENTS = 2**20
+
+
+def strided_conv_weight_grad(input: torch.Tensor, grad_output: torch.Tensor,
+                             kernel_size: Tuple[int, int],
+                             stride: Tuple[int, int],
+                             padding: Tuple[int, int]) -> torch.Tensor:
+    """The weight gradient of a dense zero-padded conv (any stride).
+
+    ``grad[o, i, p, q] = sum_{b, y, x} grad_output[b, o, y, x] *
+    pad(input)[b, i, s_h y + p, s_w x + q]``. Per image and per band of
+    output rows, the band's patches are gathered into an im2col matrix
+    (rows: output pixels, columns: ``(p, q, i)``) of at most
+    :data:`WEIGHT_GRAD_BAND_ELEMENTS` elements, and
+    ``grad_output_band^T @ patches`` is added to the gradient. On
+    channels-last maps the input rows and the output gradient band are
+    slices, no copy (only bands that reach the zero padding are padded).
+
+    Args:
+        input (Tensor): (B, Cin, H, W) conv input.
+        grad_output (Tensor): (B, Cout, Ho, Wo) output gradient.
+        kernel_size (tuple[int, int]): (kh, kw).
+        stride (tuple[int, int]): (sh, sw).
+        padding (tuple[int, int]): (ph, pw).
+
+    Returns:
+        Tensor: (Cout, Cin, kh, kw), contiguous.
+    """
+    (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
+    channels, height = input.shape[1], input.shape[2]
+    out_channels, out_height, out_width = grad_output.shape[1:]
+    x = input.permute(0, 2, 3, 1).contiguous()  # (B, H, W, Cin)
+    g = grad_output.permute(0, 2, 3, 1)  # (B, Ho, Wo, Cout)
+    patch = kh * kw * channels
+    rows = max(1, WEIGHT_GRAD_BAND_ELEMENTS // (out_width * patch))
+    grad = input.new_zeros(out_channels, patch)
+    for image, grad_image in zip(x, g):
+        for top in range(0, out_height, rows):
+            bottom = min(top + rows, out_height)
+            first = top * sh - ph  # input rows first:last of the band
+            last = (bottom - 1) * sh - ph + kh
+            band = image[max(first, 0):min(last, height)]
+            if ph or pw or last > height:
+                band = F.pad(band, (0, 0, pw, pw, max(-first, 0),
+                                    max(last - height, 0)))
+            row_stride, col_stride = band.stride(0), band.stride(1)
+            patches = band.as_strided(
+                (bottom - top, out_width, kh, kw, channels),
+                (sh * row_stride, sw * col_stride, row_stride, col_stride,
+                 1)).reshape(-1, patch)
+            grad.addmm_(grad_image[top:bottom].reshape(-1, out_channels).t(),
+                        patches)
+    return grad.view(out_channels, kh, kw, channels).permute(
+        0, 3, 1, 2).contiguous()
+
+
+def _strided_conv_args(input: Any, weight: Any, bias: Any = None,
+                       stride: Any = 1, padding: Any = 0, dilation: Any = 1,
+                       groups: int = 1) -> Optional[Tuple[Any, ...]]:
+    """``(input, weight, bias, stride, padding)`` of an ``F.conv2d`` call to
+    route through :class:`StridedConv2d` (a float32/64 CPU dense conv with
+    a stride above 1, numeric zero padding and no dilation, whose weight
+    autograd records, outside CPU autocast); else ``None``."""
+    tensors = (input, weight) if bias is None else (input, weight, bias)
+    if not all(type(t) in (torch.Tensor, nn.Parameter) for t in tensors):
+        return None
+    if (input.dim() != 4 or weight.dim() != 4 or groups != 1
+            or input.dtype not in (torch.float32, torch.float64)
+            or any(t.dtype != input.dtype or t.device.type != 'cpu'
+                   for t in tensors)):
+        return None
+    if isinstance(padding, str) or _pair(dilation) != (1, 1):
+        return None
+    stride, padding = _pair(stride), _pair(padding)
+    if stride == (1, 1):
+        return None
+    if (not torch.is_grad_enabled() or torch.is_autocast_enabled('cpu')
+            or not weight.requires_grad):
+        return None
+    return input, weight, bias, stride, padding
+
+
 # ----------------------------------------------- GELU + Linear gradients
 #: Elements of one row chunk in :class:`GeluLinear`'s backward (2 MiB of
 #: float32: the chunk buffer stays in cache).
@@ -373,6 +499,9 @@ class _CpuBackwardRoutes(TorchFunctionMode):
             routed = _same_depthwise_conv_args(*args, **kwargs)
             if routed is not None:
                 return SameDepthwiseConv2d.apply(*routed)
+            routed = _strided_conv_args(*args, **kwargs)
+            if routed is not None:
+                return StridedConv2d.apply(*routed)
         elif func is F.linear:
             routed = _gelu_linear_args(*args, **kwargs)
             if routed is not None:
