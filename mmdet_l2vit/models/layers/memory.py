@@ -5,8 +5,10 @@ modules, which the backbone turns on in one place, its ``forward``.
   (:func:`recompute_norms_and_gelus`, below).
 - Speed, on the CPU (:func:`cpu_backward_routes`, at the end): the
   gradients of the larger depthwise convs are computed with forward
-  depthwise convs (:class:`SameDepthwiseConv2d`), and those of an MLP's
-  ``fc2(gelu(h))`` in row chunks (:class:`GeluLinear`).
+  depthwise convs (:class:`SameDepthwiseConv2d`), the weight gradients of
+  strided dense convs with GEMMs (:class:`StridedConv2d`), and the
+  gradients of an MLP's ``fc2(gelu(h))`` in row chunks
+  (:class:`GeluLinear`).
 
 Memory. Autograd keeps the input of every Linear (and of the LCM's
 BatchNorm) for backward. After a LayerNorm or a GELU that input is a
@@ -488,9 +490,10 @@ def _gelu_linear_args(input: Any, weight: Any, bias: Any = None
 # ------------------------------------------------------------ the routing
 class _CpuBackwardRoutes(TorchFunctionMode):
     """Routes the ``F.conv2d`` calls :func:`_same_depthwise_conv_args`
-    accepts through :class:`SameDepthwiseConv2d` and the ``F.linear`` calls
-    :func:`_gelu_linear_args` accepts through :class:`GeluLinear`; every
-    other call runs as it is."""
+    accepts through :class:`SameDepthwiseConv2d`, those
+    :func:`_strided_conv_args` accepts through :class:`StridedConv2d` and
+    the ``F.linear`` calls :func:`_gelu_linear_args` accepts through
+    :class:`GeluLinear`; every other call runs as it is."""
 
     def __torch_function__(self, func: Any, types: Any, args: Any = (),
                            kwargs: Any = None) -> Any:
@@ -523,6 +526,9 @@ def cpu_backward_routes(enabled: bool = True) -> Iterator[None]:
     - stride-1 'same' depthwise ``F.conv2d`` calls with kernels of at least
       5x5 (L²ViT's 7x7 LCM convs; not the 3x3 CPEs or InLine's 3x3 local
       residual) run as :class:`SameDepthwiseConv2d`;
+    - dense ``F.conv2d`` calls with a stride above 1 (L²ViT's stem and
+      downsampling convs, the InLine patch embeddings) run as
+      :class:`StridedConv2d`;
     - ``F.linear`` calls on a GELU output (every MLP's ``fc2``) run as
       :class:`GeluLinear`.
 
@@ -570,7 +576,11 @@ def routes_backward_here(x: torch.Tensor) -> bool:
     tail ``fc2(gelu(h))`` at stage 1 (65536 x 384 hidden) runs fc1 + fc2
     forward and backward in 265 instead of 340 ms with the chunked
     backward of :class:`GeluLinear` (its two full-size temporaries are
-    fresh allocations, which the CPU pays for in page faults).
+    fresh allocations, which the CPU pays for in page faults). oneDNN's
+    weight gradient of a strided dense conv takes 4-8x its forward; the
+    banded im2col GEMMs of :class:`StridedConv2d` take 52 instead of
+    287 ms for L²ViT-T's second stem conv at 1024x1024 and 22 instead of
+    99 ms for its first downsampling conv (2 threads).
     Elsewhere the native backward is kept: CUDA has depthwise backward
     kernels of its own and a caching allocator, and tracing and
     ``torch.compile`` record their own graphs.
