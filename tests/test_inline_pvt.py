@@ -119,10 +119,11 @@ def inline_oracle(attn: InLineAttention, x: torch.Tensor,
                                torch.ones(B, h, N, dtype=torch.float64))
     out = (weights @ vh).transpose(1, 2).reshape(B, N, C)
     kernels = attn.residual(tokens.mean(1).unsqueeze(-1))  # (B, 9C, 1)
-    image = v.transpose(1, 2).reshape(1, B * C, H, W)
-    local = F.conv2d(image, kernels.reshape(B * C, 1, 3, 3), padding=1,
-                     groups=B * C)
-    local = local.reshape(B, C, N).transpose(1, 2)
+    # the local term as its nine shifted products (zero padding 1)
+    padded = F.pad(v.reshape(B, H, W, C), (0, 0, 1, 1, 1, 1))
+    taps = kernels.reshape(B, 1, 1, C, 3, 3)
+    local = sum(padded[:, dy:dy + H, dx:dx + W] * taps[..., dy, dx]
+                for dy in range(3) for dx in range(3)).reshape(B, N, C)
     return attn.proj(out + local).reshape(B, H, W, C)
 
 

@@ -98,9 +98,11 @@ def dynamic_depthwise_conv3x3(v: torch.Tensor,
                               kernels: torch.Tensor) -> torch.Tensor:
     """Per-image depthwise 3x3 cross-correlation with zero padding 1.
 
-    One depthwise conv per image on the NCHW view of the channels-last map
-    (the official single ``groups=B*C`` conv needs a transposed copy);
-    identical results.
+    As the official code: one conv with ``groups=B*C`` over the images'
+    channels side by side. For one image that is a view of the
+    channels-last map; for several it is one transposed copy of ``V``
+    (which the conv keeps for backward), against one small conv per image
+    (about 30 % of a demo classifier's training step at batch 32).
 
     Args:
         v (Tensor): (B, H, W, C) values.
@@ -109,12 +111,11 @@ def dynamic_depthwise_conv3x3(v: torch.Tensor,
     Returns:
         Tensor: (B, H, W, C).
     """
-    local = [
-        F.conv2d(v[i:i + 1].permute(0, 3, 1, 2), kernels[i], padding=1,
-                 groups=v.shape[-1]).permute(0, 2, 3, 1)
-        for i in range(v.shape[0])
-    ]
-    return local[0] if len(local) == 1 else torch.cat(local)
+    B, H, W, C = v.shape
+    local = F.conv2d(
+        v.permute(0, 3, 1, 2).reshape(1, B * C, H, W),
+        kernels.reshape(B * C, 1, 3, 3), padding=1, groups=B * C)
+    return local.view(B, C, H, W).permute(0, 2, 3, 1)
 
 
 class InLineAttention(nn.Module):
