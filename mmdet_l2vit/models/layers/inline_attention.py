@@ -99,10 +99,8 @@ def dynamic_depthwise_conv3x3(v: torch.Tensor,
     """Per-image depthwise 3x3 cross-correlation with zero padding 1.
 
     As the official code: one conv with ``groups=B*C`` over the images'
-    channels side by side. For one image that is a view of the
-    channels-last map; for several it is one transposed copy of ``V``
-    (which the conv keeps for backward), against one small conv per image
-    (about 30 % of a demo classifier's training step at batch 32).
+    channels side by side (for one image a view of the channels-last map,
+    for several one transposed copy of ``V``).
 
     Args:
         v (Tensor): (B, H, W, C) values.
