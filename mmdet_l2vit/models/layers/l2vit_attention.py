@@ -23,6 +23,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.overrides import handle_torch_function, has_torch_function
 
 from .attention_rows import check_queries, split_heads, window_softmax_rows
 from .windows import window_sdpa
@@ -43,6 +44,44 @@ def pad_projection(projected: torch.Tensor, pad_bottom: int, pad_right: int,
         padded[:, H:] = bias
         padded[:, :H, W:] = bias
     return padded
+
+
+def linear_attention_denominator(q_dot_k_sum: torch.Tensor,
+                                 floor: Optional[float]) -> torch.Tensor:
+    """``max(Q' . sum K', floor)``, or ``+ eps`` with the floor off."""
+    if floor is None:
+        return q_dot_k_sum + DENOMINATOR_EPS
+    return q_dot_k_sum.clamp(min=floor)
+
+
+def relu_linear_attention(qkv: torch.Tensor, temperature: torch.Tensor,
+                          denominator_floor: Optional[float]) -> torch.Tensor:
+    """``(Q' @ (K'^T V * tau)) / denominator(Q' . sum_n K'_n)`` per head,
+    with ``Q' = relu(Q)``, ``K' = relu(K)``, in float32.
+
+    Args:
+        qkv (Tensor): ``(B, N, 3, heads, d)``, the qkv projection.
+        temperature (Tensor): ``(heads, 1, 1)``, ``tau``.
+        denominator_floor (float, optional): The floor, or ``None`` for
+            ``+ eps`` (:func:`linear_attention_denominator`).
+
+    Returns:
+        Tensor: ``(B, N, heads, d)`` float32.
+    """
+    if has_torch_function((qkv, temperature)):  # the backward routes
+        return handle_torch_function(relu_linear_attention,
+                                     (qkv, temperature), qkv, temperature,
+                                     denominator_floor)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, heads, N, d)
+    with torch.autocast(device_type=qkv.device.type, enabled=False):
+        # tensors of their own, so nothing keeps qkv alive for backward
+        q, k = F.relu(q.float()), F.relu(k.float())
+        v = v.float().contiguous()
+        kv = (k.transpose(-2, -1) @ v) * temperature.float()
+        k_sum = k.sum(dim=-2).unsqueeze(-1)  # (B, heads, d, 1)
+        out = (q @ kv) / linear_attention_denominator(q @ k_sum,
+                                                      denominator_floor)
+    return out.transpose(1, 2)
 
 
 class WindowAttention(nn.Module):
@@ -133,22 +172,9 @@ class LinearAttention(nn.Module):
         """Normalised (B, H, W, C) map -> (B, H, W, C)."""
         B, H, W, C = x.shape
         qkv = self.qkv(x).view(B, H * W, 3, self.num_heads, -1)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, heads, N, d)
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            # tensors of their own, so nothing keeps qkv alive for backward
-            q, k = F.relu(q.float()), F.relu(k.float())
-            v = v.float().contiguous()
-            kv = (k.transpose(-2, -1) @ v) * self.temperature.float()
-            k_sum = k.sum(dim=-2).unsqueeze(-1)  # (B, heads, d, 1)
-            out = (q @ kv) / self.denominator(q @ k_sum)
-        out = out.to(x.dtype).transpose(1, 2).reshape(B, H, W, C)
-        return self.proj(out)
-
-    def denominator(self, q_dot_k_sum: torch.Tensor) -> torch.Tensor:
-        """``max(Q' . sum K', floor)``, or ``+ eps`` with the floor off."""
-        if self.denominator_floor is None:
-            return q_dot_k_sum + DENOMINATOR_EPS
-        return q_dot_k_sum.clamp(min=self.denominator_floor)
+        out = relu_linear_attention(qkv, self.temperature,
+                                    self.denominator_floor)
+        return self.proj(out.to(x.dtype).reshape(B, H, W, C))
 
     #: What :meth:`attention_rows` returns (for the analysis tools).
     attention_kind = 'linear'
@@ -157,7 +183,8 @@ class LinearAttention(nn.Module):
                        queries: torch.Tensor) -> torch.Tensor:
         """Linear-attention weights of the queries over all tokens:
         ``relu(q) . relu(k_j) * tau / denominator(relu(q) . sum_n relu(k_n))``
-        (:meth:`denominator`: the floor, or ``+ eps`` without it).
+        (:func:`linear_attention_denominator`: the floor, or ``+ eps``
+        without it).
 
         Args:
             x (Tensor): (B, H, W, C), what :meth:`forward` receives.
@@ -175,7 +202,8 @@ class LinearAttention(nn.Module):
             k = F.relu(split_heads(k, self.num_heads).float())
             numerator = (q @ k.transpose(-2, -1)) * self.temperature.float()
             k_sum = k.sum(dim=-2).unsqueeze(-1)  # (B, heads, d, 1)
-            return numerator / self.denominator(q @ k_sum)
+            return numerator / linear_attention_denominator(
+                q @ k_sum, self.denominator_floor)
 
 
 class SoftmaxGlobalAttention(nn.Module):

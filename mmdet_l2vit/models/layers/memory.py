@@ -6,9 +6,10 @@ modules, which the backbone turns on in one place, its ``forward``.
 - Speed, on the CPU (:func:`cpu_backward_routes`, at the end): the
   gradients of the larger depthwise convs are computed with forward
   depthwise convs (:class:`SameDepthwiseConv2d`), the weight gradients of
-  strided dense convs with GEMMs (:class:`StridedConv2d`), and the
+  strided dense convs with GEMMs (:class:`StridedConv2d`), the
   gradients of an MLP's ``fc2(gelu(h))`` in row chunks
-  (:class:`GeluLinear`).
+  (:class:`GeluLinear`), and L²ViT's ReLU linear attention as one node
+  with a hand-written backward (:class:`ReluLinearAttention`).
 
 Memory. Autograd keeps the input of every Linear (and of the LCM's
 BatchNorm) for backward. After a LayerNorm or a GELU that input is a
@@ -33,10 +34,14 @@ from typing import Any, Iterator, NamedTuple, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 from torch.autograd.graph import saved_tensors_hooks
 from torch.nn.modules.module import register_module_forward_hook
 from torch.nn.modules.utils import _pair
 from torch.overrides import TorchFunctionMode
+
+from .l2vit_attention import (linear_attention_denominator,
+                              relu_linear_attention)
 
 _LAYER_NORM = 'NativeLayerNormBackward0'
 _GELU = 'GeluBackward0'
@@ -487,13 +492,143 @@ def _gelu_linear_args(input: Any, weight: Any, bias: Any = None
     return hidden, input.detach(), weight, bias, approximate
 
 
+# ------------------------------------------- ReLU linear attention
+_threshold_backward = torch.ops.aten.threshold_backward.grad_input
+
+
+class ReluLinearAttention(torch.autograd.Function):
+    """L²ViT's linear attention core
+    (:func:`~.l2vit_attention.relu_linear_attention`) as one node that keeps
+    only the qkv projection and the ``d x d`` per-head sums for backward.
+
+    ``apply(qkv, temperature, denominator_floor)`` with ``qkv`` of shape
+    ``(B, N, 3, heads, d)`` returns ``(B, N, heads, d)``, already in the
+    layout the output projection reads (no transposed copy). Per image and
+    head, with ``Q' = relu(Q)``, ``K' = relu(K)``, ``S = K'^T V``,
+    ``s = sum_n K'_n``, ``z = Q' s``, ``den = max(z, floor)`` and
+    ``out = Q' S tau / den``, backward computes from ``g = dL/d out``::
+
+        G = g / den                 A = G (S tau)^T
+        dL/dz = -(Q' . A) / den     (0 where z < floor)
+        dL/dQ' = A + dL/dz s^T      dL/dS = tau Q'^T G
+        dL/ds = Q'^T dL/dz          dL/dtau = sum(Q'^T G * S)
+        dL/dK' = V (dL/dS)^T + 1 (dL/ds)^T      dL/dV = K' dL/dS
+
+    and the ReLU masks, written straight into the ``(B, N, 3C)`` gradient
+    of the projection. Plain autograd instead keeps ``Q'``, ``K'``, a copy
+    of ``V`` and the numerator (about 4 maps of C channels against the 3 of
+    qkv) and makes the qkv gradient by stacking three separate gradients
+    (a zero-filled buffer and a copy). The products run per head as GEMMs
+    on strided views, the elementwise passes over all heads at once.
+    Gradients equal plain autograd's to float32 rounding; not twice
+    differentiable.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, qkv: torch.Tensor, temperature: torch.Tensor,
+                denominator_floor: Optional[float]) -> torch.Tensor:
+        B, N, _, heads, d = qkv.shape
+        out = qkv.new_empty(B, N, heads, d)
+        kv_sums = qkv.new_empty(B, heads, d, d)  # S = K'^T V
+        k_sums = qkv.new_empty(B, heads, d)
+        relu_rows = qkv.new_empty(N, heads, d)
+        q_dot_k_sum = qkv.new_empty(heads, N)
+        tau = temperature.detach().view(heads)
+        for b in range(B):
+            q, k, v = qkv[b].unbind(1)  # (N, heads, d)
+            torch.clamp_min(k, 0, out=relu_rows)
+            torch.sum(relu_rows, 0, out=k_sums[b])
+            for h in range(heads):
+                torch.mm(relu_rows[:, h].t(), v[:, h], out=kv_sums[b, h])
+            torch.clamp_min(q, 0, out=relu_rows)
+            for h in range(heads):
+                torch.mv(relu_rows[:, h], k_sums[b, h], out=q_dot_k_sum[h])
+                torch.mm(relu_rows[:, h], kv_sums[b, h] * tau[h],
+                         out=out[b, :, h])
+            out[b].div_(linear_attention_denominator(
+                q_dot_k_sum, denominator_floor).t()[..., None])
+        ctx.save_for_backward(qkv, temperature, kv_sums, k_sums)
+        ctx.denominator_floor = denominator_floor
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_output: torch.Tensor
+                 ) -> Tuple[Optional[torch.Tensor], ...]:
+        qkv, temperature, kv_sums, k_sums = ctx.saved_tensors
+        floor = ctx.denominator_floor
+        B, N, _, heads, d = qkv.shape
+        tau = temperature.detach().view(heads, 1, 1)
+        grad_qkv = torch.empty_like(qkv)
+        grad_tau = qkv.new_zeros(heads)
+        relu_rows = qkv.new_empty(N, heads, d)
+        rows = qkv.new_empty(N, heads, d)  # A, then V (dL/dS)^T
+        q_dot_k_sum = qkv.new_empty(heads, N)
+        for b in range(B):
+            q, k, v = qkv[b].unbind(1)  # (N, heads, d)
+            grad_q, grad_k, grad_v = grad_qkv[b].unbind(1)
+            kv, k_sum = kv_sums[b] * tau, k_sums[b]
+            torch.clamp_min(q, 0, out=relu_rows)
+            for h in range(heads):
+                torch.mv(relu_rows[:, h], k_sum[h], out=q_dot_k_sum[h])
+            den = linear_attention_denominator(q_dot_k_sum, floor).t()
+            grad_num = grad_output[b] / den[..., None]
+            for h in range(heads):
+                torch.mm(grad_num[:, h], kv[h].t(), out=rows[:, h])
+            grad_z = torch.linalg.vecdot(relu_rows, rows).div_(den).neg_()
+            if floor is not None:  # clamp: no gradient below the floor
+                grad_z.masked_fill_(q_dot_k_sum.t() < floor, 0)
+            grad_kv = torch.stack([relu_rows[:, h].t() @ grad_num[:, h]
+                                   for h in range(heads)])
+            grad_k_sum = torch.stack([relu_rows[:, h].t() @ grad_z[:, h]
+                                      for h in range(heads)])
+            rows.addcmul_(grad_z[..., None], k_sum)
+            _threshold_backward(rows, q, 0, grad_input=grad_q)
+            grad_tau += (grad_kv * kv_sums[b]).sum((1, 2))
+            grad_kv_sum = grad_kv * tau
+            torch.clamp_min(k, 0, out=relu_rows)
+            for h in range(heads):
+                torch.mm(relu_rows[:, h], grad_kv_sum[h], out=grad_v[:, h])
+                torch.mm(v[:, h], grad_kv_sum[h].t(), out=rows[:, h])
+            rows.add_(grad_k_sum)
+            _threshold_backward(rows, k, 0, grad_input=grad_k)
+        grad_tau = grad_tau.view_as(temperature)
+        return (grad_qkv if ctx.needs_input_grad[0] else None,
+                grad_tau if ctx.needs_input_grad[1] else None, None)
+
+
+def _linear_attention_args(qkv: Any, temperature: Any,
+                           denominator_floor: Any) -> Optional[Tuple[Any,
+                                                                     ...]]:
+    """``ReluLinearAttention.apply`` arguments for a
+    :func:`~.l2vit_attention.relu_linear_attention` call on a float32/64
+    CPU qkv view with unit last stride while autograd records, outside CPU
+    autocast; else ``None``."""
+    tensors = (qkv, temperature)
+    if not all(type(t) in (torch.Tensor, nn.Parameter) for t in tensors):
+        return None
+    if (qkv.dim() != 5 or qkv.shape[2] != 3 or qkv.stride(-1) != 1
+            or temperature.shape != (qkv.shape[3], 1, 1)
+            or qkv.dtype not in (torch.float32, torch.float64)
+            or any(t.dtype != qkv.dtype or t.device.type != 'cpu'
+                   for t in tensors)):
+        return None
+    if (not torch.is_grad_enabled() or torch.is_autocast_enabled('cpu')
+            or not any(t.requires_grad for t in tensors)):
+        return None
+    return qkv, temperature, denominator_floor
+
+
 # ------------------------------------------------------------ the routing
 class _CpuBackwardRoutes(TorchFunctionMode):
     """Routes the ``F.conv2d`` calls :func:`_same_depthwise_conv_args`
     accepts through :class:`SameDepthwiseConv2d`, those
-    :func:`_strided_conv_args` accepts through :class:`StridedConv2d` and
-    the ``F.linear`` calls :func:`_gelu_linear_args` accepts through
-    :class:`GeluLinear`; every other call runs as it is."""
+    :func:`_strided_conv_args` accepts through :class:`StridedConv2d`, the
+    ``F.linear`` calls :func:`_gelu_linear_args` accepts through
+    :class:`GeluLinear` and the
+    :func:`~.l2vit_attention.relu_linear_attention` calls
+    :func:`_linear_attention_args` accepts through
+    :class:`ReluLinearAttention`; every other call runs as it is."""
 
     def __torch_function__(self, func: Any, types: Any, args: Any = (),
                            kwargs: Any = None) -> Any:
@@ -509,6 +644,10 @@ class _CpuBackwardRoutes(TorchFunctionMode):
             routed = _gelu_linear_args(*args, **kwargs)
             if routed is not None:
                 return GeluLinear.apply(*routed)
+        elif func is relu_linear_attention:
+            routed = _linear_attention_args(*args, **kwargs)
+            if routed is not None:
+                return ReluLinearAttention.apply(*routed)
         elif func is F.gelu:
             out = func(*args, **kwargs)
             hidden = args[0] if args else kwargs.get('input')
@@ -530,10 +669,16 @@ def cpu_backward_routes(enabled: bool = True) -> Iterator[None]:
       downsampling convs, the InLine patch embeddings) run as
       :class:`StridedConv2d`;
     - ``F.linear`` calls on a GELU output (every MLP's ``fc2``) run as
-      :class:`GeluLinear`.
+      :class:`GeluLinear`;
+    - L²ViT's linear attention core (the plain function
+      :func:`~.l2vit_attention.relu_linear_attention`, which hands itself
+      to the active mode through ``handle_torch_function``) runs as
+      :class:`ReluLinearAttention`.
 
-    The same outputs, gradients equal to float32 rounding, no more saved
-    tensors. The model code stays ``nn.Conv2d`` / ``nn.Linear``: a
+    The same outputs (the linear attention's to float32 rounding: GEMMs
+    per head instead of batched ones), gradients equal to float32 rounding,
+    no more saved tensors (the linear attention keeps fewer). The model code
+    stays ``nn.Conv2d`` / ``nn.Linear`` / plain functions: a
     :class:`~torch.overrides.TorchFunctionMode` sees every torch call
     (about 2 us of Python per call while active, some 1600 calls in an
     L²ViT-T forward: ~3 ms). The backbone turns this on in one place, its
