@@ -6,7 +6,8 @@ calls with kernels of at least 5x5 (L²ViT's LCM) run as
 ``SameDepthwiseConv2d`` (gradients from forward convs), dense strided
 convs (stems, downsampling, patch embeddings) as ``StridedConv2d`` (weight
 gradient from banded GEMMs) and every MLP's ``fc2(gelu(h))`` as
-``GeluLinear`` (backward in row chunks). Their outputs
+``GeluLinear`` (backward in row chunks); L²ViT's linear attention runs as
+``ReluLinearAttention`` (test_linear_attention_function.py). Their outputs
 must be those of the plain ops, their gradients those of plain autograd (to
 float32 rounding), they must really run, and they must keep no more for
 backward than the plain ops do.
@@ -21,6 +22,7 @@ from torch import nn
 
 from mmdet_l2vit.models.backbones import base
 from mmdet_l2vit.models.layers import memory
+from mmdet_l2vit.models.layers.l2vit_attention import LinearAttention
 from mmdet_l2vit.models.layers.l2vit_blocks import LocalConcentration
 from mmdet_l2vit.models.layers.common import Mlp
 from mmdet_l2vit.models.layers.memory import (GeluLinear,
@@ -42,6 +44,8 @@ ROUTED_NODE = 'SameDepthwiseConv2dBackward'
 GELU_LINEAR_NODE = 'GeluLinearBackward'
 #: Node type of ``StridedConv2d``.
 STRIDED_NODE = 'StridedConv2dBackward'
+#: Node type of ``ReluLinearAttention``.
+LINEAR_ATTENTION_NODE = 'ReluLinearAttentionBackward'
 
 
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -146,9 +150,9 @@ def training_step(model: nn.Module, x: torch.Tensor, seed: int = 1):
     """Forward and backward of a weighted loss. Returns the outputs, the
     gradients (``'input'`` and every parameter), and the numbers of routed
     and of plain routable depthwise conv nodes in the graph, of routed
-    depthwise conv nodes that ran backward, of ``GeluLinear`` and
-    ``StridedConv2d`` nodes that ran backward, and of plain strided dense
-    conv nodes in the graph."""
+    depthwise conv nodes that ran backward, of ``GeluLinear``,
+    ``StridedConv2d`` and ``ReluLinearAttention`` nodes that ran backward,
+    and of plain strided dense conv nodes in the graph."""
     model.zero_grad(set_to_none=True)
     inputs = x.clone().requires_grad_()
     torch.manual_seed(seed)  # the same drop-path masks in every run
@@ -157,12 +161,13 @@ def training_step(model: nn.Module, x: torch.Tensor, seed: int = 1):
     routed = [n for n in nodes if type(n).__name__ == ROUTED_NODE]
     plain = sum(map(is_routable_conv, nodes))
     plain_strided = sum(map(is_strided_dense_conv, nodes))
-    ran, gelu_linear_ran, strided_ran = [], [], []
+    ran, gelu_linear_ran, strided_ran, attention_ran = [], [], [], []
     for node in routed:
         node.register_hook(lambda grad_inputs, grad_outputs: ran.append(1))
     for node in nodes:
         spy = {GELU_LINEAR_NODE: gelu_linear_ran,
-               STRIDED_NODE: strided_ran}.get(type(node).__name__)
+               STRIDED_NODE: strided_ran,
+               LINEAR_ATTENTION_NODE: attention_ran}.get(type(node).__name__)
         if spy is not None:
             node.register_hook(
                 lambda grad_inputs, grad_outputs, spy=spy: spy.append(1))
@@ -172,6 +177,7 @@ def training_step(model: nn.Module, x: torch.Tensor, seed: int = 1):
     return ([o.detach() for o in outs], grads,
             dict(routed=len(routed), plain=plain, ran=len(ran),
                  gelu_linear=len(gelu_linear_ran), strided=len(strided_ran),
+                 linear_attention=len(attention_ran),
                  plain_strided=plain_strided))
 
 
@@ -198,11 +204,15 @@ def test_gradients_equal_plain_autograd(name, drop_path_rate, with_cp,
     # convs, InLine-PVT's four patch embeddings, InLine-Swin's one
     strided = {'l2vit': 5, 'inline_pvt': 4, 'inline_swin': 1}[name]
     mlps = sum(isinstance(m, Mlp) for m in model.modules())
+    # L2ViT's linear attentions (one per LGA block)
+    attentions = sum(isinstance(m, LinearAttention) for m in model.modules())
+    assert attentions == {'l2vit': 4, 'inline_pvt': 0, 'inline_swin': 0}[name]
     assert nodes_plain == dict(routed=0, plain=expected, ran=0,
-                               gelu_linear=0, strided=0,
+                               gelu_linear=0, strided=0, linear_attention=0,
                                plain_strided=strided)
     assert nodes == dict(routed=expected, plain=0, ran=expected,
-                         gelu_linear=mlps, strided=strided, plain_strided=0)
+                         gelu_linear=mlps, strided=strided,
+                         linear_attention=attentions, plain_strided=0)
     for out, out_plain in zip(outs, outs_plain):
         torch.testing.assert_close(out, out_plain, rtol=0, atol=0)
     assert_gradients_close(ours, plain)
