@@ -71,8 +71,9 @@ def test_function_gradients_are_exact(floor):
 
 
 class _NoFloorMask(ReluLinearAttention):
-    """A deliberately wrong gradient: the denominator's gradient also where
-    the floor binds (as if the floor were not there)."""
+    """A deliberately wrong gradient: backward as if there were no floor
+    (denominator ``z + eps`` for every token, its gradient flowing where
+    the floor binds)."""
 
     @staticmethod
     def forward(ctx, qkv, temperature, floor):
